@@ -1,0 +1,32 @@
+# neulig: `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export PYTHONWARNINGS ?= ignore::FutureWarning
+
+.PHONY: help venv run test test-full ui clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	bash .ci/install.sh $(VENV)
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install neulig with its dev extras
+
+run: $(STAMP)  ## run the embedded default experiment (Portland on the tiny backbone)
+	$(PY) -m neulig.run
+
+test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
+	$(PY) -m pytest -q
+
+test-full: $(STAMP)  ## run every test, slow ones included
+	$(PY) -m pytest -q -m 'not gpu'
+
+ui: $(STAMP)  ## MLflow UI on the project's store at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove outputs (cache, runs, MLflow store)
+	rm -rf outputs multirun

@@ -1,0 +1,164 @@
+"""The combination stage: static merges, the plain ensemble, and Portland (trained).
+
+Each function returns per-dataset accuracies (percent) keyed like the metric contract
+(``merged``, ``ensembled``, and for Portland ``merged_batch``, ``merged_task``, ``merged_global``),
+plus diagnostics. Inputs are plain values: no DictConfig reaches this module.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from neulig.data.base import LoadedDataset
+from neulig.evaluate import accuracy, ensemble_logits, feature_accuracy, merged_features
+from neulig.merging.flat import FlatStack
+from neulig.merging.state_dict import StateDict
+from neulig.models.heads import head_logits
+
+
+@dataclass
+class Combo:
+    """Everything one combination of T datasets/experts needs, already cached and loaded."""
+
+    names: list[str]
+    datasets: dict[str, LoadedDataset]
+    heads: dict[str, Tensor]
+    base: StateDict
+    experts: list[StateDict]
+    # features[d][split] = [N, T, d_feat]: every expert's features on dataset d
+    features: dict[str, dict[str, Tensor]]
+    visual: nn.Module
+    device: torch.device
+    eval_batch_size: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def labels(self, name: str, split: str) -> Tensor:
+        return getattr(self.datasets[name], split).labels
+
+
+def resolve(path: str):
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_ensemble(combo: Combo, coeffs: Tensor, level: str) -> dict[str, float]:
+    return {d: accuracy(ensemble_logits(combo.features[d]["test"], combo.heads[d], coeffs, level), combo.labels(d, "test"))
+            for d in combo.names}
+
+
+def run_static(combo: Combo, merge_cfg: dict, level: str) -> tuple[dict[str, dict[str, float]], StateDict]:
+    """Merge once with the configured pure function, evaluate it and its ensemble counterpart."""
+    fn = resolve(merge_cfg["fn"])
+    hparams = dict(merge_cfg.get("hparams") or {})
+    merged = fn(combo.base, combo.experts, **hparams)
+    weights_fn = getattr(importlib.import_module(fn.__module__), "ensemble_weights", None)
+    coeffs = torch.tensor(weights_fn(len(combo.experts), **hparams) if weights_fn else [1.0 / len(combo.experts)] * len(combo.experts))
+    out = {"merged": {}, "ensembled": run_ensemble(combo, coeffs, level)}
+    for d in combo.names:
+        feats = merged_features(combo.visual, merged, combo.datasets[d].test, combo.eval_batch_size, combo.device)
+        out["merged"][d] = feature_accuracy(feats, combo.labels(d, "test"), combo.heads[d])
+    return out, merged
+
+
+def run_plain_ensemble(combo: Combo, merge_cfg: dict, level: str) -> tuple[dict[str, dict[str, float]], None]:
+    """Prediction-level ensemble of the experts; its 'merged' counterpart is the uniform average."""
+    from neulig.merging.average import merge
+
+    coeffs = torch.full((len(combo.experts),), 1.0 / len(combo.experts))
+    out = {"ensembled": run_ensemble(combo, coeffs, merge_cfg.get("level", level)), "merged": {}}
+    merged = merge(combo.base, combo.experts)
+    for d in combo.names:
+        feats = merged_features(combo.visual, merged, combo.datasets[d].test, combo.eval_batch_size, combo.device)
+        out["merged"][d] = feature_accuracy(feats, combo.labels(d, "test"), combo.heads[d])
+    return out, None
+
+
+def flatten_for_offsets(states: list[StateDict], over: str) -> Tensor:
+    """[T, P] flattened checkpoints for the offset statistic: ``all`` entries (the reference, sorted
+    keys, buffers cast to float) or only floating ``params``."""
+    keys = sorted(states[0])
+    if over == "params":
+        keys = [k for k in keys if states[0][k].is_floating_point()]
+    return torch.stack([torch.cat([s[k].double().flatten() for k in keys]) for s in states])
+
+
+@torch.no_grad()
+def portland_merged_batch(combo: Combo, flat: FlatStack, portland: nn.Module, name: str, batch_size: int,
+                          weights: str, shuffle_seed: int | None) -> float:
+    """The paper's protocol: one merged encoder per test batch from the first sample's (or the mean) CoopVec."""
+    dataset, feats = combo.datasets[name].test, combo.features[name]["test"]
+    order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed))
+             if shuffle_seed is not None else torch.arange(len(dataset)))
+    visual = combo.visual.to(combo.device).eval()
+    correct = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        beta = portland(feats[idx].to(combo.device))
+        coeffs = beta[0] if weights == "first" else beta.mean(0)
+        state = flat.combine(coeffs)
+        images = torch.stack([dataset[int(i)][0] for i in idx]).to(combo.device)
+        logits = head_logits(functional_call(visual, state, (images,)), combo.heads[name])
+        correct += int((logits.argmax(-1).cpu() == dataset.labels[idx]).sum())
+    return 100.0 * correct / len(order)
+
+
+@torch.no_grad()
+def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level: str, seed: int) -> dict:
+    flat = FlatStack(combo.experts, device=combo.device)
+    portland = portland.to(combo.device).eval()
+    out: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task", "merged_global",
+                                                        "beta_entropy", "beta_own_expert")}
+    val_betas = {d: portland(combo.features[d]["val"].to(combo.device)).cpu() for d in combo.names}
+    global_beta = torch.cat(list(val_betas.values())).mean(0)
+    global_feats = {}
+    global_state = flat.combine(global_beta.to(combo.device))
+    for t, d in enumerate(combo.names):
+        test_feats, labels = combo.features[d]["test"], combo.labels(d, "test")
+        beta = portland(test_feats.to(combo.device)).cpu()
+        out["ensembled"][d] = accuracy(ensemble_logits(test_feats, combo.heads[d], beta, level), labels)
+        out["merged_batch"][d] = portland_merged_batch(
+            combo, flat, portland, d, merge_cfg["eval_batch_size"], merge_cfg["batch_weights"],
+            seed if merge_cfg.get("eval_shuffle", True) else None)
+        task_state = flat.combine(val_betas[d].mean(0).to(combo.device))
+        out["merged_task"][d] = feature_accuracy(
+            merged_features(combo.visual, task_state, combo.datasets[d].test, combo.eval_batch_size, combo.device), labels, combo.heads[d])
+        global_feats[d] = merged_features(combo.visual, global_state, combo.datasets[d].test, combo.eval_batch_size, combo.device)
+        out["merged_global"][d] = feature_accuracy(global_feats[d], labels, combo.heads[d])
+        out["beta_entropy"][d] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
+        out["beta_own_expert"][d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
+    out["merged"] = dict(out["merged_batch"])
+    out["global_beta"] = global_beta.tolist()
+    return out
+
+
+def run_portland(combo: Combo, merge_cfg: dict, trainer_cfg: dict, level: str, seed: int,
+                 callbacks: list | None = None) -> tuple[dict, list[dict]]:
+    """Fit Portland on cached train features (selection on val), then evaluate every granularity."""
+    import lightning as L
+
+    from neulig.lit.portland import PortlandModule
+    from neulig.merging.portland import offset_statistics
+    from neulig.stages import trainer_kwargs
+
+    L.seed_everything(seed, verbose=False)
+    eps_star, gram = offset_statistics(flatten_for_offsets(combo.experts, merge_cfg.get("offsets_over", "all")))
+    module = PortlandModule(
+        train_sets={d: (combo.features[d]["train"], combo.labels(d, "train")) for d in combo.names},
+        val_sets={d: (combo.features[d]["val"], combo.labels(d, "val")) for d in combo.names},
+        head_weights=combo.heads, feature_dim=combo.features[combo.names[0]]["train"].shape[-1],
+        alignment=merge_cfg["alignment"], scaling=merge_cfg["scaling"], regularizer=merge_cfg["regularizer"],
+        eps_star=eps_star, gram=gram, lr=merge_cfg["lr"], batch_size=merge_cfg["batch_size"],
+        eval_every=merge_cfg["eval_every"], seed=seed)
+    kwargs = trainer_kwargs(trainer_cfg)
+    kwargs.update(max_epochs=merge_cfg["global_epochs"], use_distributed_sampler=False, num_sanity_val_steps=0,
+                  enable_progress_bar=False)
+    trainer = L.Trainer(callbacks=callbacks or [], **kwargs)
+    trainer.fit(module)
+    results = evaluate_portland(combo, module.portland, merge_cfg, level, seed)
+    results["best_epoch"] = module.best_epoch
+    results["best_val_ensembled"] = module.best_val_acc
+    return results, module.history

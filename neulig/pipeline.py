@@ -1,0 +1,128 @@
+"""The experiment recipe of DESIGN.md §1: backbone -> heads -> experts -> combination -> evaluation.
+
+``run_experiment(cfg)`` takes the resolved config as a plain dict and returns the metric dict of
+DESIGN.md §4 plus details. Heavy imports happen here, never at CLI start-up.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import torch
+
+from neulig.errors import NeuligError
+from neulig.utils.log import log
+
+
+def choose_device(trainer_cfg: dict) -> torch.device:
+    if trainer_cfg.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def combinations(names: list[str], k: int | None) -> list[tuple[str, ...]]:
+    if k is None or k == len(names):
+        return [tuple(names)]
+    if not 2 <= k <= len(names):
+        raise NeuligError(f"data.num_co_models={k} is out of range: choose 2..{len(names)} for {len(names)} datasets")
+    return list(itertools.combinations(names, k))
+
+
+def contract_metrics(per_kind: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Flatten {kind: {dataset: acc}} into ``acc/<kind>/<d>`` + ``acc/<kind>/avg`` and the gaps."""
+    metrics: dict[str, float] = {}
+    for kind, values in per_kind.items():
+        if not values:
+            continue
+        for d, v in values.items():
+            metrics[f"acc/{kind}/{d}"] = float(v)
+        metrics[f"acc/{kind}/avg"] = float(sum(values.values()) / len(values))
+    if "merged" in per_kind and "ensembled" in per_kind:
+        for d in per_kind["merged"]:
+            metrics[f"gap/{d}"] = abs(per_kind["ensembled"][d] - per_kind["merged"][d])
+        metrics["gap/avg"] = abs(metrics["acc/ensembled/avg"] - metrics["acc/merged/avg"])
+    return metrics
+
+
+def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
+    from neulig import combine, stages
+    from neulig.data.registry import load_dataset
+    from neulig.evaluate import feature_accuracy
+
+    start = time.time()
+    torch.manual_seed(cfg["seed"])
+    cache_dir = Path(cfg["paths"]["cache_dir"])
+    model_cfg, data_cfg, merge_cfg = cfg["model"], cfg["data"], cfg["merge"]
+    names = [d.lower() for d in data_cfg["datasets"]]
+    combos = combinations(names, data_cfg.get("num_co_models"))
+    device = choose_device(cfg["trainer"])
+
+    backbone = stages.load_backbone(model_cfg, cfg["paths"]["weights_dir"], cache_dir)
+    datasets = {d: load_dataset(d, data_cfg["sizes"], model_cfg["image_size"], data_cfg.get("split_seed", 0))
+                for d in names}
+    heads = {d: stages.load_head(backbone, datasets[d].spec, cache_dir) for d in names}
+    base = {k: v.detach().cpu().clone() for k, v in backbone.visual.state_dict().items()}
+    pre_feats = {d: stages.expert_features(backbone.visual, backbone.key, datasets[d], data_cfg, cache_dir, device)
+                 for d in names}
+    experts, expert_keys = {}, {}
+    for d in names:
+        experts[d], expert_keys[d] = stages.finetune_expert(
+            backbone, datasets[d], heads[d], data_cfg, model_cfg["finetune"], cfg["trainer"], cfg["seed"], cache_dir,
+            callbacks)
+    timings = {"experts_ready_s": time.time() - start}
+    import copy
+
+    scratch = copy.deepcopy(backbone.visual)
+    feats: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # feats[expert][dataset][split]
+    for e in names:
+        scratch.load_state_dict(experts[e])
+        feats[e] = {d: stages.expert_features(scratch, expert_keys[e], datasets[d], data_cfg, cache_dir, device)
+                    for d in names}
+    reference = {
+        "pretrained": {d: feature_accuracy(pre_feats[d]["test"], datasets[d].test.labels, heads[d]) for d in names},
+        "finetuned": {d: feature_accuracy(feats[d][d]["test"], datasets[d].test.labels, heads[d]) for d in names},
+    }
+    level = cfg["ensemble"]["level"]
+    combo_results = []
+    for combo_names in combos:
+        combo = combine.Combo(
+            names=list(combo_names), datasets={d: datasets[d] for d in combo_names}, heads=heads, base=base,
+            experts=[experts[e] for e in combo_names],
+            features={d: {s: torch.stack([feats[e][d][s] for e in combo_names], 1) for s in ("train", "val", "test")}
+                      for d in combo_names},
+            visual=backbone.visual, device=device, eval_batch_size=cfg["eval"]["batch_size"])
+        kind = merge_cfg["kind"]
+        history: list[dict] = []
+        merged_state = None
+        if kind == "static":
+            result, merged_state = combine.run_static(combo, merge_cfg, level)
+        elif kind == "ensemble":
+            result, _ = combine.run_plain_ensemble(combo, merge_cfg, level)
+        elif merge_cfg["name"] == "portland":
+            result, history = combine.run_portland(combo, merge_cfg, cfg["trainer"], level, cfg["seed"], callbacks)
+        else:
+            raise NeuligError(f"merge={merge_cfg['name']} has kind {kind!r} with no runner; kinds: static, ensemble, trained")
+        combo_results.append({"datasets": list(combo_names), "result": result, "history": history,
+                              "merged_state": merged_state})
+    per_kind = aggregate(combo_results, names)
+    metrics = contract_metrics({**reference, **per_kind})
+    timings["total_s"] = time.time() - start
+    return {"metrics": metrics, "combos": combo_results, "timings": timings, "names": names,
+            "expert_keys": expert_keys, "backbone_key": backbone.key}
+
+
+ACC_KINDS = ("merged", "ensembled", "merged_batch", "merged_task", "merged_global")
+
+
+def aggregate(combo_results: list[dict], names: list[str]) -> dict[str, dict[str, float]]:
+    """Per dataset, the mean over the combinations that contain it (the paper's tables)."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in ACC_KINDS:
+        sums: dict[str, list[float]] = {}
+        for c in combo_results:
+            for d, v in c["result"].get(kind, {}).items():
+                sums.setdefault(d, []).append(v)
+        if sums:
+            out[kind] = {d: sum(sums[d]) / len(sums[d]) for d in names if d in sums}
+    return out

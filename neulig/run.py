@@ -1,0 +1,145 @@
+"""``python -m neulig.run``: one experiment (backbone x datasets x merge method), Hydra-configured.
+
+    python -m neulig.run                                   # embedded default: tiny backbone, Portland
+    python -m neulig.run model=vit_b32 merge=portland      # real CLIP (weights in paths.weights_dir)
+    python -m neulig.run -m 'merge=glob(*)'                # every method; experts are trained once
+
+Config errors and missing files are answered with one line and exit code 2, before heavy imports.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "data", "merge", "trainer", "logger", "experiment", "hparams_search")
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"neulig: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject an unknown group option (``merge=nosuch``) in one line, listing the available ones."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key not in GROUPS or value.startswith(("glob(", "choice(", "range(")) or value in ("null", ""):
+            continue
+        options = group_options(key)
+        for option in value.split(","):
+            if option not in options:
+                fail(f"unknown {key} {option!r}; available: {', '.join(options)}")
+
+
+def preflight(cfg: dict) -> None:
+    """Cheap checks that must fail before any import of torch or any training."""
+    from neulig.models.weights import missing_weights_message, weights_file
+
+    model = cfg["model"]
+    tag = model.get("pretrained")
+    if tag not in (None, "neulig") and weights_file(cfg["paths"]["weights_dir"], model["arch"], tag) is None:
+        fail(missing_weights_message(model["name"], cfg["paths"]["weights_dir"], model["arch"], tag))
+    k, n = cfg["data"].get("num_co_models"), len(cfg["data"]["datasets"])
+    if k is not None and not 2 <= int(k) <= n:
+        fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
+    if cfg["merge"].get("kind") not in ("static", "trained", "ensemble"):
+        fail(f"merge.kind must be static, trained or ensemble, got {cfg['merge'].get('kind')!r}")
+
+
+def run_name(cfg: dict) -> str:
+    return f"{cfg['merge']['name']}-{cfg['data']['name']}-{cfg['model']['name']}-s{cfg['seed']}"
+
+
+def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
+    """Run the recipe with MLflow reporting and write the run's files; returns the results dict."""
+    from neulig import __version__
+    from neulig.pipeline import run_experiment
+    from neulig.results import table2, write_run_files
+
+    reporter = None
+    if cfg["logger"].get("enabled", False):
+        from neulig.callbacks.mlflow import MLflowReporter
+
+        tags = {"neulig.version": __version__, "git.commit": git_commit(), "backbone": cfg["model"]["name"],
+                "datasets": ",".join(cfg["data"]["datasets"]), "merge": cfg["merge"]["name"],
+                "merge.kind": cfg["merge"]["kind"]}
+        reporter = MLflowReporter(cfg["logger"]["tracking_uri"], cfg["logger"]["experiment_name"], run_name(cfg), tags)
+        reporter.open()
+    try:
+        results = run_experiment(cfg, callbacks=[reporter] if reporter else [])
+    except BaseException:
+        if reporter:
+            reporter.fail()
+        raise
+    metrics = results["metrics"]
+    table = table2(metrics, results["names"], cfg["merge"]["name"])
+    record = {"run_name": run_name(cfg), "metrics": metrics, "timings": results["timings"],
+              "granularity": {"acc/merged": "per test batch (paper protocol)" if cfg["merge"]["name"] == "portland"
+                              else "one static merged encoder"},
+              "combos": [{"datasets": c["datasets"], "history": c["history"],
+                          "result": c["result"]} for c in results["combos"]]}
+    files = write_run_files(run_dir, config_yaml, record, table)
+    if cfg.get("save_merged") and results["combos"][0]["merged_state"] is not None:
+        from neulig.models.checkpoints import save_state
+
+        tmp = run_dir / ".merged.safetensors.tmp"
+        save_state(tmp, results["combos"][0]["merged_state"])
+        tmp.replace(run_dir / "merged.safetensors")
+        files["merged.safetensors"] = run_dir / "merged.safetensors"
+    if reporter:
+        reporter.finish(cfg, metrics, list(files.values()))
+    print(f"\n{run_name(cfg)}  (accuracy %, gap = |Ens. - Mer.|)\n{table}\n")
+    print(f"results: {files['results.json']}")
+    if reporter:
+        print(f"MLflow: run {run_name(cfg)} in experiment {cfg['logger']['experiment_name']!r} at "
+              f"{cfg['logger']['tracking_uri']}; view with `make ui`")
+    return record
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=CONF_DIR.parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main() -> None:
+    check_overrides(sys.argv[1:])
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def app(dcfg) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from neulig.errors import NeuligError
+
+        cfg = OmegaConf.to_container(dcfg, resolve=True)
+        hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        try:
+            preflight(cfg)
+            record = execute(cfg, OmegaConf.to_yaml(dcfg), Path(hydra_cfg.runtime.output_dir))
+        except NeuligError as err:
+            if multirun:  # one failed job must not stop the sweep
+                print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
+                return float("nan")
+            fail(str(err))
+        return record["metrics"].get(cfg.get("objective", "acc/merged/avg"))
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

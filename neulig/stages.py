@@ -1,0 +1,184 @@
+"""Pipeline stages with content-hash caching: backbone, heads, experts, expert features.
+
+Each stage's key hashes exactly the configuration that determines its product plus the keys of its
+inputs, so changing e.g. ``merge=`` reuses every expert, while changing the fine-tuning recipe
+retrains them. Products are safetensors + meta.json published atomically (``utils.cache``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from neulig.data.base import DatasetSpec, LoadedDataset
+from neulig.errors import NeuligError
+from neulig.merging.state_dict import StateDict
+from neulig.models.checkpoints import load_state, save_state
+from neulig.utils.cache import CacheEntry, config_hash
+from neulig.utils.log import log
+
+
+@dataclass
+class Backbone:
+    name: str
+    arch: str
+    clip: nn.Module
+    tokenizer: object
+    key: str
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.clip.visual.output_dim)
+
+
+def _quiet_create(arch: str, weights: Path | None, seed: int) -> nn.Module:
+    from neulig.models.backbone import create_clip
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded" for every random init
+    try:
+        return create_clip(arch, weights, seed)
+    finally:
+        root.setLevel(level)
+
+
+def load_backbone(model_cfg: dict, weights_dir: str, cache_dir: Path) -> Backbone:
+    """The shared pretrained backbone: local real weights, random init, or the tiny offline pretraining."""
+    import open_clip
+
+    from neulig.models.backbone import register_shipped_configs
+    from neulig.models.weights import missing_weights_message, weights_file
+
+    register_shipped_configs()
+    arch, tag, name = model_cfg["arch"], model_cfg.get("pretrained"), model_cfg["name"]
+    tokenizer = open_clip.get_tokenizer(arch)
+    if tag is None:
+        clip = _quiet_create(arch, None, model_cfg.get("init_seed", 0))
+        return Backbone(name, arch, clip, tokenizer, config_hash("random", arch, model_cfg.get("init_seed", 0)))
+    if tag == "neulig":  # the tiny backbone's own offline pretraining, cached
+        spec = {"arch": arch, "pretrain": model_cfg["pretrain"], "image_size": model_cfg["image_size"]}
+        entry = CacheEntry(cache_dir, "backbone", config_hash("pretrain", spec))
+        clip = _quiet_create(arch, None, model_cfg["pretrain"]["seed"])
+        if entry.load_meta() is None:
+            from neulig.models.pretrain import pretrain_tiny
+
+            log.info(f"pretraining the {name} backbone offline (cached at {entry.dir})")
+            start = time.time()
+            summary = pretrain_tiny(clip, tokenizer, image_size=model_cfg["image_size"], **model_cfg["pretrain"])
+
+            def write(tmp: Path) -> dict:
+                save_state(tmp / "model.safetensors", clip.state_dict())
+                return {"stage": "backbone", "spec": spec, "summary": summary, "seconds": time.time() - start}
+
+            entry.publish(write)
+        clip.load_state_dict(load_state(entry.dir / "model.safetensors", clip.state_dict()))
+        return Backbone(name, arch, clip.eval(), tokenizer, entry.key)
+    path = weights_file(weights_dir, arch, tag)
+    if path is None:
+        raise NeuligError(missing_weights_message(name, weights_dir, arch, tag))
+    clip = _quiet_create(arch, path, 0)
+    return Backbone(name, arch, clip, tokenizer, config_hash("weights", arch, tag, path.stat().st_size))
+
+
+def dataset_key(dataset: LoadedDataset, data_cfg: dict) -> dict:
+    return {"name": dataset.name, "sizes": data_cfg.get("sizes"), "split_seed": data_cfg.get("split_seed", 0),
+            "classes": list(dataset.spec.classnames)}
+
+
+def load_head(backbone: Backbone, spec: DatasetSpec, cache_dir: Path) -> Tensor:
+    """The frozen zero-shot head [C, D] of ``spec`` for ``backbone``, cached."""
+    from neulig.models.heads import build_head_weight
+
+    entry = CacheEntry(cache_dir, "heads", config_hash("head", backbone.key, spec.name, spec.classnames, spec.templates))
+    if entry.load_meta() is None:
+        weight = build_head_weight(backbone.clip, backbone.tokenizer, spec.classnames, spec.templates)
+        entry.publish(lambda tmp: (save_state(tmp / "head.safetensors", {"weight": weight}), {"stage": "heads"})[1])
+    return load_state(entry.dir / "head.safetensors")["weight"]
+
+
+def loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def expert_entry(backbone: Backbone, dataset: LoadedDataset, data_cfg: dict, ft_cfg: dict, seed: int,
+                 cache_dir: Path) -> CacheEntry:
+    key = config_hash("expert", backbone.key, dataset_key(dataset, data_cfg), ft_cfg, seed)
+    return CacheEntry(cache_dir, "experts", key)
+
+
+def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, data_cfg: dict, ft_cfg: dict,
+                    trainer_cfg: dict, seed: int, cache_dir: Path, callbacks: list | None = None) -> tuple[StateDict, str]:
+    """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached."""
+    import copy
+
+    import lightning as L
+
+    from neulig.lit.finetune import FinetuneModule
+
+    entry = expert_entry(backbone, dataset, data_cfg, ft_cfg, seed, cache_dir)
+    reference = backbone.visual.state_dict()
+    if entry.load_meta() is not None:
+        try:
+            return load_state(entry.dir / "encoder.safetensors", reference), entry.key
+        except NeuligError as err:  # verified bytes but wrong layout: rebuild rather than trust it
+            log.warning(f"{err}; retraining")
+            import shutil
+
+            shutil.rmtree(entry.dir, ignore_errors=True)
+    L.seed_everything(seed, verbose=False)
+    epochs = int(ft_cfg.get("epochs_per_dataset", {}).get(dataset.name, ft_cfg["epochs"]))
+    train_loader = loader(dataset.train, ft_cfg["batch_size"], shuffle=True, seed=seed,
+                          num_workers=ft_cfg.get("num_workers", 0))
+    total_steps = epochs * len(train_loader)
+    module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, ft_cfg["lr"], ft_cfg["weight_decay"],
+                            min(ft_cfg["warmup_steps"], max(1, total_steps // 10)), total_steps,
+                            stage_name=f"finetune/{dataset.name}")
+    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=ft_cfg.get("grad_clip", 1.0), callbacks=callbacks or [],
+                        **trainer_kwargs(trainer_cfg))
+    start = time.time()
+    log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
+    trainer.fit(module, train_loader, loader(dataset.val, 256))
+    state = {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()}
+    if trainer.global_rank == 0:
+        meta = {"stage": "experts", "dataset": dataset.name, "epochs": epochs, "steps": total_steps,
+                "seconds": time.time() - start, "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
+        entry.publish(lambda tmp: (save_state(tmp / "encoder.safetensors", state), meta)[1])
+    return state, entry.key
+
+
+def trainer_kwargs(trainer_cfg: dict) -> dict:
+    """Lightning Trainer arguments of the ``trainer`` group, plus neulig's quiet defaults."""
+    kwargs = {k: v for k, v in trainer_cfg.items() if k not in ("name",)}
+    kwargs.setdefault("logger", False)
+    kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("enable_model_summary", False)
+    return kwargs
+
+
+@torch.no_grad()
+def encode(encoder: nn.Module, dataset, batch_size: int, device: torch.device) -> Tensor:
+    """Raw image features [N, d] of ``encoder`` on ``dataset`` (eval mode, fixed order)."""
+    encoder = encoder.to(device).eval()
+    return torch.cat([encoder(x.to(device)).float().cpu() for x, _ in loader(dataset, batch_size)])
+
+
+def expert_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_cfg: dict, cache_dir: Path,
+                    device: torch.device, batch_size: int = 256) -> dict[str, Tensor]:
+    """Cached features of one frozen encoder on every split of ``dataset``: {split: [N, d]}."""
+    entry = CacheEntry(cache_dir, "features", config_hash("features", owner_key, dataset_key(dataset, data_cfg)))
+    if entry.load_meta() is None:
+        feats = {split: encode(encoder, getattr(dataset, split), batch_size, device) for split in ("train", "val", "test")}
+        entry.publish(lambda tmp: (save_state(tmp / "features.safetensors", feats), {"stage": "features"})[1])
+    return load_state(entry.dir / "features.safetensors")
