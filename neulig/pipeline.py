@@ -45,11 +45,24 @@ def contract_metrics(per_kind: dict[str, dict[str, float]]) -> dict[str, float]:
     return metrics
 
 
+def quiet_libraries() -> None:
+    """No warning spam on a normal run: Lightning's banners and tips are not news to our users."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
     from neulig import combine, stages
     from neulig.data.registry import load_dataset
     from neulig.evaluate import feature_accuracy
 
+    quiet_libraries()
     start = time.time()
     torch.manual_seed(cfg["seed"])
     cache_dir = Path(cfg["paths"]["cache_dir"])
