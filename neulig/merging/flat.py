@@ -5,7 +5,7 @@ device (keys in sorted order, as the reference flattens them). ``combine(c)`` re
 whose parameters are *views* into ``c @ theta``: feed it to ``torch.func.functional_call`` and the
 merged forward runs without a CPU round trip or a copy per tensor (paper.md §7.2 "vectorised GPU
 merging"). BatchNorm statistics are pooled by the rule of ``state_dict.pool_batchnorm`` with the
-same coefficients; integer buffers come from the first state dict.
+same coefficients; integer buffers (incl. ``num_batches_tracked``) come from the first state dict.
 """
 from __future__ import annotations
 
@@ -80,8 +80,6 @@ class FlatStack:
             mu = weight @ mu_i
             state[prefix + BN_MEAN] = mu
             state[prefix + BN_VAR] = weight @ (var_i + (mu_i - mu) ** 2)
-            if prefix + BN_COUNT in self.fixed:
-                state[prefix + BN_COUNT] = self.bn_count[prefix].sum().to(self.fixed[prefix + BN_COUNT].dtype)
         for key, value in self.fixed.items():
             state.setdefault(key, value)
         return state

@@ -6,8 +6,9 @@ Buffer policy (methods.md §0 "global rules" and §3):
 3. BatchNorm ``running_mean`` / ``running_var`` are pooled as a count-weighted Gaussian mixture
    (the MTDA rule, Li et al. ECCV'24, arXiv 2407.13771):
    mu = sum_i w_i mu_i,  var = sum_i w_i (var_i + (mu_i - mu)^2),  w_i ∝ c_i n_i,
-   where n_i is ``num_batches_tracked`` and c_i the method's (non-negative) expert coefficient;
-   ``num_batches_tracked`` becomes sum_i n_i.
+   where n_i is ``num_batches_tracked`` and c_i the method's (non-negative) expert coefficient.
+   ``num_batches_tracked`` itself is an integer buffer and follows rule 2 (copied from the base; the
+   pooled count sum_i n_i is returned by :func:`pool_batchnorm` for callers that want it).
 """
 from __future__ import annotations
 
@@ -109,12 +110,10 @@ def finish_merge(
     for prefix in classes.bn_prefixes:
         count_key = prefix + BN_COUNT
         counts = [e[count_key] if count_key in e else torch.tensor(1) for e in experts]
-        mu, var, total = pool_batchnorm(
+        mu, var, _ = pool_batchnorm(
             [e[prefix + BN_MEAN] for e in experts], [e[prefix + BN_VAR] for e in experts], counts, weights
         )
         out[prefix + BN_MEAN], out[prefix + BN_VAR] = mu, var
-        if count_key in base:
-            out[count_key] = total.to(base[count_key].dtype)
     for key in classes.fixed:
         out.setdefault(key, base[key].clone())
     for key in classes.params:

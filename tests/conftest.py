@@ -1,0 +1,40 @@
+"""Shared fixtures: offline mode, tiny Hydra configs composed exactly as the CLI composes them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+TINY_OVERRIDES = [
+    "model.pretrain.steps=30",
+    "model.pretrain.n_per_family=300",
+    "model.pretrain.batch_size=64",
+    "model.finetune.epochs=2",
+    "data.sizes.train=160",
+    "data.sizes.val=64",
+    "data.sizes.test=96",
+]
+PORTLAND_TINY = ["merge.global_epochs=20", "merge.eval_every=5"]
+
+
+def compose(overrides: list[str], tmp_path: Path):
+    """The CLI's config with ``overrides``, all outputs redirected under ``tmp_path``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=[f"paths.root_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*extra: str):
+        merge = next((e.split("=", 1)[1] for e in extra if e.startswith("merge=")), "portland")
+        return compose([*TINY_OVERRIDES, *(PORTLAND_TINY if merge == "portland" else []), *extra], tmp_path)
+
+    return make

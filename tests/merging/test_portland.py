@@ -1,0 +1,74 @@
+"""Portland forward, CoopVec, L_a (reference and exact) and L_b against hand-computed values.
+
+Setup: T = 2 experts, d = 2. z_1 = [1, 0], z_2 = [0, 1]; Portland W maps [z_1; z_2] = [1, 0, 0, 1]
+to logits [1, 2], so beta = softmax([1, 2]) = [0.268941, 0.731059]. The head is 10 * I (2 classes).
+Checkpoints theta_1 = [0, 0], theta_2 = [1, 1]: offsets -/+[0.5, 0.5], sums -/+1, eps* = -/+0.707107,
+Gram [[0.5, -0.5], [-0.5, 0.5]] (normalised by its mean diagonal: [[1, -1], [-1, 1]]).
+"""
+import pytest
+import torch
+
+from neulig.merging.portland import (Portland, alignment_loss, consistency_loss, ensemble_features,
+                                     offset_statistics, portland_loss)
+from neulig.models.heads import head_logits
+
+BETA = torch.tensor([[0.2689414213699951, 0.7310585786300049]])
+
+
+@pytest.fixture
+def setup():
+    portland = Portland(num_experts=2, feature_dim=2)
+    with torch.no_grad():
+        portland.linear.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 2.0]]))
+        portland.linear.bias.zero_()
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # [B=1, T=2, d=2]
+    head = 10 * torch.eye(2)
+    theta = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    return portland, features, head, theta
+
+
+def test_parameter_count_is_d_T_squared_plus_T():
+    assert sum(p.numel() for p in Portland(5, 512).parameters()) == 12805  # paper.md §3.2, ViT-B/32, T = 5
+
+
+def test_coopvec_and_ensemble(setup):
+    portland, features, head, _ = setup
+    beta = portland(features)
+    torch.testing.assert_close(beta, BETA)
+    torch.testing.assert_close(ensemble_features(beta, features), BETA)
+    torch.testing.assert_close(head_logits(ensemble_features(beta, features), head),
+                               torch.tensor([[3.4525776171161966, 9.38507899795139]]))
+
+
+def test_offset_statistics(setup):
+    *_, theta = setup
+    eps_star, gram = offset_statistics(theta)
+    torch.testing.assert_close(eps_star, torch.tensor([-0.7071067811865476, 0.7071067811865476]))
+    torch.testing.assert_close(gram, torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
+
+
+def test_consistency_losses(setup):
+    *_, theta = setup
+    eps_star, gram = offset_statistics(theta)
+    torch.testing.assert_close(consistency_loss(BETA, eps_star=eps_star), torch.tensor(0.10677613351703626))
+    torch.testing.assert_close(consistency_loss(BETA, gram=gram), torch.tensor(0.21355226703407262))
+    # uniform CoopVec satisfies the weighted-offset constraint exactly (paper.md Corollary R3)
+    uniform = torch.full((1, 2), 0.5)
+    assert consistency_loss(uniform, eps_star=eps_star).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_alignment_losses():
+    logits = torch.tensor([[3.4525776171161966, 9.38507899795139]])
+    torch.testing.assert_close(alignment_loss(logits, torch.tensor([0]), "sup"), torch.tensor(5.935149711333068))
+    torch.testing.assert_close(alignment_loss(logits, None, "semi"), torch.tensor(0.018336769119009624))
+    with pytest.raises(ValueError, match="alignment"):
+        alignment_loss(logits, None, "other")
+
+
+def test_total_loss_is_lb_plus_la_over_scaling(setup):
+    portland, features, head, theta = setup
+    eps_star, _ = offset_statistics(theta)
+    loss, parts = portland_loss(portland, features, torch.tensor([0]), head, "sup", 100.0, eps_star=eps_star)
+    torch.testing.assert_close(loss, torch.tensor(5.935149711333068 + 0.10677613351703626 / 100))
+    loss.backward()
+    assert portland.linear.weight.grad.abs().sum() > 0
