@@ -39,12 +39,26 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index].float().div_(255)
-        if image.shape[-1] != self.image_size:
-            image = torch.nn.functional.interpolate(
-                image[None], size=(self.image_size, self.image_size), mode="bilinear", antialias=True
-            )[0]
-        return (image - self._mean) / self._std, self.labels[index]
+        images, labels = self.batch(torch.tensor([index]))
+        return images[0], labels[0]
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised images [B, 3, S, S] and labels [B] of ``indices`` in one vectorised step."""
+        images = self.images[indices].float().div_(255)
+        if images.shape[-1] != self.image_size:
+            images = torch.nn.functional.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+            )
+        return (images - self._mean) / self._std, self.labels[indices]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """Batched fetch used by DataLoader (paired with :func:`collate_batched`)."""
+        return self.batch(torch.as_tensor(indices))
+
+
+def collate_batched(batch):
+    """Collate for datasets whose ``__getitems__`` already returns a stacked batch."""
+    return batch if isinstance(batch, tuple) else torch.utils.data.default_collate(batch)
 
 
 @dataclass

