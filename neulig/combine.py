@@ -100,7 +100,8 @@ def portland_merged_batch(combo: Combo, flat: FlatStack, portland: nn.Module, na
         beta = portland(feats[idx].to(combo.device))
         coeffs = beta[0] if weights == "first" else beta.mean(0)
         state = flat.combine(coeffs)
-        images = torch.stack([dataset[int(i)][0] for i in idx]).to(combo.device)
+        images = dataset.batch(idx)[0].to(combo.device) if hasattr(dataset, "batch") else \
+            torch.stack([dataset[int(i)][0] for i in idx]).to(combo.device)
         logits = head_logits(functional_call(visual, state, (images,)), combo.heads[name])
         correct += int((logits.argmax(-1).cpu() == dataset.labels[idx]).sum())
     return 100.0 * correct / len(order)

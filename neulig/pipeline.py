@@ -72,8 +72,12 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
     device = choose_device(cfg["trainer"])
 
     backbone = stages.load_backbone(model_cfg, cfg["paths"]["weights_dir"], cache_dir)
-    datasets = {d: load_dataset(d, data_cfg["sizes"], model_cfg["image_size"], data_cfg.get("split_seed", 0))
+    log.info(f"backbone {backbone.name} ready ({time.time() - start:.1f} s)")
+    datasets = {d: load_dataset(d, data_cfg["sizes"], model_cfg["image_size"], data_cfg.get("split_seed", 0),
+                                data_dir=data_cfg.get("root", cfg["paths"]["data_dir"]),
+                                download=bool(data_cfg.get("download", False)), cache_dir=str(cache_dir))
                 for d in names}
+    log.info(f"datasets {', '.join(names)} loaded ({time.time() - start:.1f} s)")
     heads = {d: stages.load_head(backbone, datasets[d].spec, cache_dir) for d in names}
     base = {k: v.detach().cpu().clone() for k, v in backbone.visual.state_dict().items()}
     pre_feats = {d: stages.expert_features(backbone.visual, backbone.key, datasets[d], data_cfg, cache_dir, device)
@@ -84,6 +88,7 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
             backbone, datasets[d], heads[d], data_cfg, model_cfg["finetune"], cfg["trainer"], cfg["seed"], cache_dir,
             callbacks)
     timings = {"experts_ready_s": time.time() - start}
+    log.info(f"experts ready ({timings['experts_ready_s']:.1f} s)")
     import copy
 
     scratch = copy.deepcopy(backbone.visual)
@@ -96,6 +101,8 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
         "pretrained": {d: feature_accuracy(pre_feats[d]["test"], datasets[d].test.labels, heads[d]) for d in names},
         "finetuned": {d: feature_accuracy(feats[d][d]["test"], datasets[d].test.labels, heads[d]) for d in names},
     }
+    timings["features_ready_s"] = time.time() - start
+    log.info(f"expert features ready ({timings['features_ready_s']:.1f} s)")
     level = cfg["ensemble"]["level"]
     combo_results = []
     for combo_names in combos:
@@ -118,6 +125,8 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
             raise NeuligError(f"merge={merge_cfg['name']} has kind {kind!r} with no runner; kinds: static, ensemble, trained")
         combo_results.append({"datasets": list(combo_names), "result": result, "history": history,
                               "merged_state": merged_state})
+    timings["combination_done_s"] = time.time() - start
+    log.info(f"{merge_cfg['name']} done ({timings['combination_done_s']:.1f} s)")
     per_kind = aggregate(combo_results, names)
     metrics = contract_metrics({**reference, **per_kind})
     timings["total_s"] = time.time() - start

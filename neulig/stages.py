@@ -107,8 +107,11 @@ def load_head(backbone: Backbone, spec: DatasetSpec, cache_dir: Path) -> Tensor:
 
 
 def loader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    from neulig.data.base import TensorImages, collate_batched
+
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    collate = collate_batched if isinstance(dataset, TensorImages) else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
