@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from neulig.data.base import LoadedDataset
+from neulig.errors import NeuligError
 from neulig.evaluate import accuracy, ensemble_logits, feature_accuracy, merged_features
 from neulig.merging.flat import FlatStack
 from neulig.merging.state_dict import StateDict
@@ -50,11 +51,44 @@ def run_ensemble(combo: Combo, coeffs: Tensor, level: str) -> dict[str, float]:
             for d in combo.names}
 
 
-def run_static(combo: Combo, merge_cfg: dict, level: str) -> tuple[dict[str, dict[str, float]], StateDict]:
+def statistics(combo: Combo, merge_cfg: dict, seed: int) -> dict:
+    """Per-expert statistics a data-dependent static method needs (``needs:`` in its yaml), each
+    estimated from the expert on its own train split; passed to ``merge`` as keyword arguments."""
+    import copy
+
+    from neulig.stages import loader
+
+    needs = merge_cfg.get("needs")
+    if not needs:
+        return {}
+    stats_cfg = dict(merge_cfg.get("statistics") or {})
+    batch_size = int(stats_cfg.pop("batch_size", 32))
+    encoder = copy.deepcopy(combo.visual).to(combo.device).eval()
+    out = []
+    for name, state in zip(combo.names, combo.experts):
+        encoder.load_state_dict(state)
+        batches = ((x.to(combo.device), y.to(combo.device))
+                   for x, y in loader(combo.datasets[name].train, batch_size, shuffle=True, seed=seed))
+        if needs == "fisher":
+            from neulig.merging.fisher import estimate_fisher
+
+            head = combo.heads[name].to(combo.device)
+            fisher = estimate_fisher(encoder, lambda m, x, h=head: head_logits(m(x), h), batches, seed=seed, **stats_cfg)
+            out.append({k: v.cpu() for k, v in fisher.items()})
+        elif needs == "grams":
+            from neulig.merging.regmean import collect_grams
+
+            out.append({k: v.cpu() for k, v in collect_grams(encoder, batches, **stats_cfg).items()})
+        else:
+            raise NeuligError(f"merge={merge_cfg['name']} needs {needs!r}, which neulig cannot estimate; use fisher or grams")
+    return {"fishers" if needs == "fisher" else "grams": out}
+
+
+def run_static(combo: Combo, merge_cfg: dict, level: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], StateDict]:
     """Merge once with the configured pure function, evaluate it and its ensemble counterpart."""
     fn = resolve(merge_cfg["fn"])
     hparams = dict(merge_cfg.get("hparams") or {})
-    merged = fn(combo.base, combo.experts, **hparams)
+    merged = fn(combo.base, combo.experts, **hparams, **statistics(combo, merge_cfg, seed))
     weights_fn = getattr(importlib.import_module(fn.__module__), "ensemble_weights", None)
     coeffs = torch.tensor(weights_fn(len(combo.experts), **hparams) if weights_fn else [1.0 / len(combo.experts)] * len(combo.experts))
     out = {"merged": {}, "ensembled": run_ensemble(combo, coeffs, level)}

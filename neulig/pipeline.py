@@ -116,13 +116,12 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
         history: list[dict] = []
         merged_state = None
         if kind == "static":
-            result, merged_state = combine.run_static(combo, merge_cfg, level)
+            result, merged_state = combine.run_static(combo, merge_cfg, level, cfg["seed"])
         elif kind == "ensemble":
             result, _ = combine.run_plain_ensemble(combo, merge_cfg, level)
-        elif merge_cfg["name"] == "portland":
-            result, history = combine.run_portland(combo, merge_cfg, cfg["trainer"], level, cfg["seed"], callbacks)
-        else:
-            raise NeuligError(f"merge={merge_cfg['name']} has kind {kind!r} with no runner; kinds: static, ensemble, trained")
+        else:  # trained combiners name their runner: run(combo, merge_cfg, trainer_cfg, level, seed, callbacks)
+            runner = combine.resolve(merge_cfg.get("runner", "neulig.combine.run_portland"))
+            result, history = runner(combo, merge_cfg, cfg["trainer"], level, cfg["seed"], callbacks)
         combo_results.append({"datasets": list(combo_names), "result": result, "history": history,
                               "merged_state": merged_state})
     timings["combination_done_s"] = time.time() - start
