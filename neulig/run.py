@@ -8,6 +8,7 @@ Config errors and missing files are answered with one line and exit code 2, befo
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,7 +64,14 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
     from neulig.pipeline import run_experiment
     from neulig.results import table2, write_run_files
 
+    from neulig.utils.log import is_rank_zero
+
     reporter = None
+    if not is_rank_zero():  # a DDP child re-runs the recipe for its share of training; rank 0 reports
+        from neulig.pipeline import run_experiment as run_child
+
+        run_child(cfg)
+        return {}
     if cfg["logger"].get("enabled", False):
         from neulig.callbacks.mlflow import MLflowReporter
 
@@ -86,6 +94,8 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
               "combos": [{"datasets": c["datasets"], "history": c["history"],
                           "result": c["result"]} for c in results["combos"]]}
     files = write_run_files(run_dir, config_yaml, record, table)
+    from neulig.plots import run_scatter  # this run's (merged avg, ensembled avg) point, as the paper's Fig. 3
+    files["scatter.png"] = run_scatter(run_dir, cfg["merge"]["name"], metrics, title=run_name(cfg))
     if cfg.get("save_merged") and results["combos"][0]["merged_state"] is not None:
         from neulig.models.checkpoints import save_state
 
@@ -94,6 +104,12 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
         tmp.replace(run_dir / "merged.safetensors")
         files["merged.safetensors"] = run_dir / "merged.safetensors"
     if reporter:
+        if len(results["combos"]) > 1:  # one nested run per combination, the parent holds the means
+            from neulig.pipeline import contract_metrics
+
+            for combo in results["combos"]:
+                child = {k: v for k, v in combo["result"].items() if isinstance(v, dict) and k.startswith(("merged", "ensembled"))}
+                reporter.log_child("+".join(combo["datasets"]), {"datasets": combo["datasets"]}, contract_metrics(child))
         reporter.finish(cfg, metrics, list(files.values()))
     print(f"\n{run_name(cfg)}  (accuracy %, gap = |Ens. - Mer.|)\n{table}\n")
     print(f"results: {files['results.json']}")
@@ -128,6 +144,8 @@ def main() -> None:
         cfg = OmegaConf.to_container(dcfg, resolve=True)
         hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        # a Lightning DDP child re-executes this command: make it reuse rank 0's run dir
+        os.environ.setdefault("NEULIG_RUN_DIR", hydra_cfg.runtime.output_dir)
         try:
             preflight(cfg)
             record = execute(cfg, OmegaConf.to_yaml(dcfg), Path(hydra_cfg.runtime.output_dir))
@@ -136,7 +154,7 @@ def main() -> None:
                 print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
                 return float("nan")
             fail(str(err))
-        return record["metrics"].get(cfg.get("objective", "acc/merged/avg"))
+        return record.get("metrics", {}).get(cfg.get("objective", "acc/merged/avg"))
 
     app()
 

@@ -7,6 +7,7 @@ retrains them. Products are safetensors + meta.json published atomically (``util
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,14 +143,15 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
             shutil.rmtree(entry.dir, ignore_errors=True)
     L.seed_everything(seed, verbose=False)
     epochs = int(ft_cfg.get("epochs_per_dataset", {}).get(dataset.name, ft_cfg["epochs"]))
-    train_loader = loader(dataset.train, ft_cfg["batch_size"], shuffle=True, seed=seed,
-                          num_workers=ft_cfg.get("num_workers", 0))
-    total_steps = epochs * len(train_loader)
+    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=ft_cfg.get("grad_clip", 1.0), callbacks=callbacks or [],
+                        **trainer_kwargs(trainer_cfg))
+    # under DDP each rank takes batch_size / world_size, so the global batch is the recipe's
+    per_rank = max(1, int(ft_cfg["batch_size"]) // trainer.world_size)
+    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=ft_cfg.get("num_workers", 0))
+    total_steps = epochs * math.ceil(len(dataset.train) / (per_rank * trainer.world_size))
     module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, ft_cfg["lr"], ft_cfg["weight_decay"],
                             min(ft_cfg["warmup_steps"], max(1, total_steps // 10)), total_steps,
                             stage_name=f"finetune/{dataset.name}")
-    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=ft_cfg.get("grad_clip", 1.0), callbacks=callbacks or [],
-                        **trainer_kwargs(trainer_cfg))
     start = time.time()
     log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
     trainer.fit(module, train_loader, loader(dataset.val, 256))

@@ -91,6 +91,21 @@ class MLflowReporter(L.Callback):
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status)
 
+    def log_child(self, name: str, params: dict, metrics: dict[str, float]) -> None:
+        """A nested run (one dataset combination) under this run, with its own contract metrics."""
+        from mlflow.entities import Metric, Param
+        import time
+
+        if self.run_id is None:
+            return
+        parent = self.client.get_run(self.run_id)
+        tags = {**self.tags, "mlflow.parentRunId": self.run_id}
+        child = self.client.create_run(parent.info.experiment_id, run_name=f"{self.run_name}/{name}", tags=tags).info.run_id
+        now = int(time.time() * 1000)
+        self.client.log_batch(child, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              params=[Param(k, v) for k, v in flatten(params).items()])
+        self.client.set_terminated(child, "FINISHED")
+
     def fail(self) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, "FAILED")
