@@ -50,6 +50,14 @@ def preflight(cfg: dict) -> None:
     k, n = cfg["data"].get("num_co_models"), len(cfg["data"]["datasets"])
     if k is not None and not 2 <= int(k) <= n:
         fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
+    data = cfg["data"]
+    if not data.get("download", False):
+        from neulig.data.real import REAL_SPECS, missing_message
+
+        root = Path(data.get("root") or cfg["paths"]["data_dir"])
+        for name in data["datasets"]:
+            if name.lower() in REAL_SPECS and not (root / name.lower()).is_dir():
+                fail(missing_message(name.lower(), root / name.lower(), False))
     if cfg["merge"].get("kind") not in ("static", "trained", "ensemble"):
         fail(f"merge.kind must be static, trained or ensemble, got {cfg['merge'].get('kind')!r}")
 

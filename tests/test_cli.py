@@ -43,3 +43,22 @@ def test_missing_pretrained_weights_name_the_expected_file(tmp_path):
 def test_num_co_models_out_of_range(tmp_path):
     proc = run_cli("data.num_co_models=9", f"paths.root_dir={tmp_path}")
     assert proc.returncode == 2 and "num_co_models=9 is out of range" in proc.stderr
+
+
+def test_missing_real_dataset_is_one_line_before_any_work(tmp_path):
+    proc = run_cli("data=paper5", "model.pretrained=null", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "dataset gtsrb not found under" in lines[0] and str(tmp_path / "data" / "gtsrb") in lines[0]
+    assert not (tmp_path / "outputs" / "cache").exists()
+
+
+def test_unreachable_tracking_store_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli(f"paths.root_dir={tmp_path}", f"logger.tracking_uri=sqlite:///{blocker}/sub/mlflow.db")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "MLflow tracking store" in lines[0] and "unreachable" in lines[0], proc.stderr
+    assert not (tmp_path / "outputs" / "cache").exists()  # nothing trained

@@ -38,9 +38,14 @@ class MLflowReporter(L.Callback):
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        import os
+
+        # an unreachable server must fail in seconds, not after minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         try:
+            if self.tracking_uri.startswith("sqlite:///"):
+                Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             mlflow.set_tracking_uri(self.tracking_uri)
             self.client = MlflowClient(self.tracking_uri)
             experiment = self.client.get_experiment_by_name(self.experiment_name)
