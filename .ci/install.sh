@@ -8,12 +8,12 @@
 set -euo pipefail
 venv="${1:-.venv}"
 if python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv >/dev/null 2>&1; then
-  python3 -m uv venv -q -p python3 "$venv"
+  [ -x "$venv/bin/python" ] || python3 -m uv venv -q -p python3 "$venv"
   UV_FIND_LINKS="$(pip config get global.find-links 2>/dev/null || true)" \
   UV_EXTRA_INDEX_URL="$(pip config get global.extra-index-url 2>/dev/null || true)" \
     python3 -m uv pip install -q --compile-bytecode --python "$venv/bin/python" -e '.[dev]'
 else
-  python3 -m venv "$venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -e '.[dev]'
 fi
 "$venv/bin/python" -c "import torch, torchvision, open_clip, lightning, hydra, mlflow; print('installed: torch', torch.__version__, 'open_clip', open_clip.__version__)"

@@ -63,7 +63,10 @@ def preflight(cfg: dict) -> None:
 
 
 def run_name(cfg: dict) -> str:
-    return f"{cfg['merge']['name']}-{cfg['data']['name']}-{cfg['model']['name']}-s{cfg['seed']}"
+    """``<merge>-<data>-<model>-s<seed>``, plus ``-k<k>`` when every k-combination is run."""
+    k = cfg["data"].get("num_co_models")
+    suffix = f"-k{k}" if k is not None and int(k) != len(cfg["data"]["datasets"]) else ""
+    return f"{cfg['merge']['name']}-{cfg['data']['name']}-{cfg['model']['name']}-s{cfg['seed']}{suffix}"
 
 
 def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
@@ -162,6 +165,17 @@ def main() -> None:
                 print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
                 return float("nan")
             fail(str(err))
+        except Exception as err:  # noqa: BLE001 - a bug in one sweep job: keep the others going
+            if not multirun:
+                raise
+            import traceback
+
+            trace = Path(hydra_cfg.runtime.output_dir) / "error.txt"
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            trace.write_text(traceback.format_exc())
+            print(f"neulig: job {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); traceback in {trace}",
+                  file=sys.stderr)
+            return float("nan")
         return record.get("metrics", {}).get(cfg.get("objective", "acc/merged/avg"))
 
     app()
