@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "data", "merge", "trainer", "logger", "experiment", "hparams_search", "hydra/launcher")
+GROUPS = ("model", "data", "merge", "trainer", "logger", "experiment", "hparams_search")
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
