@@ -49,11 +49,20 @@ class MLflowReporter(L.Callback):
             mlflow.set_tracking_uri(self.tracking_uri)
             self.client = MlflowClient(self.tracking_uri)
             experiment = self.client.get_experiment_by_name(self.experiment_name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment_name)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+                self.experiment_name, artifact_location=self.artifact_location())
             self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags).info.run_id
         except Exception as err:  # mlflow raises many types for a bad store
             raise NeuligError(f"MLflow tracking store {self.tracking_uri!r} is unreachable ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]}); fix logger.tracking_uri or use logger=none") from err
+
+    def artifact_location(self) -> str | None:
+        """Beside a sqlite store (``<dir>/mlartifacts/<experiment>``), so outputs/ holds everything;
+        other stores keep their own default."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        root = Path(self.tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / self.experiment_name
+        return root.as_uri()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_id is None or trainer.global_rank != 0:

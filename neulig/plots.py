@@ -1,0 +1,80 @@
+"""Figures: the paper's Figure 3 scatter of merged vs ensembled average accuracy.
+
+Each point is one run (one method on one combination): x = merged accuracy, y = ensembled accuracy,
+both in percent. A point on the dash-dot line y = x has no gap between merging and ensembling; the
+vertical distance to the line is the run's ``gap/avg``. One marker shape per method. A method with no
+ensemble counterpart is drawn at y = 0, as in the paper.
+
+matplotlib is imported inside the functions and draws on an Agg canvas of its own (no pyplot, no global
+backend change), so importing this module costs nothing and it works headless.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H")
+
+
+def scatter_png(points: list[dict], path: str | Path, title: str | None = None) -> Path:
+    """Write the merged-vs-ensembled scatter of ``points`` to ``path`` (PNG, written atomically).
+
+    ``points``: dicts with ``method`` (str), ``merged`` (float, %) and ``ensembled`` (float % or None
+    when the method has no ensemble). Returns ``path``.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    fig = Figure(figsize=(5.6, 4.8), dpi=120)
+    FigureCanvasAgg(fig)  # Agg canvas on this figure only: no pyplot, no global backend switch
+    ax = fig.add_subplot(1, 1, 1)
+    values = [float(p["merged"]) for p in points] + [float(p["ensembled"]) for p in points
+                                                     if p.get("ensembled") is not None]
+    if any(p.get("ensembled") is None for p in points) or not values:
+        lo = 0.0  # points without an ensemble sit on y = 0
+    else:
+        lo = max(0.0, 5.0 * math.floor((min(values) - 2.0) / 5.0))
+    hi = 100.0
+    ax.plot([lo, hi], [lo, hi], linestyle="-.", color="0.4", linewidth=1.0, label="merged = ensembled",
+            zorder=1)
+    colors = matplotlib.colormaps["tab10"]
+    for i, method in enumerate(methods):
+        mine = [p for p in points if p["method"] == method]
+        xs = [float(p["merged"]) for p in mine]
+        ys = [float(p["ensembled"]) if p.get("ensembled") is not None else 0.0 for p in mine]
+        no_ens = all(p.get("ensembled") is None for p in mine)
+        ax.scatter(xs, ys, marker=MARKERS[i % len(MARKERS)], s=60, color=colors(i % 10), edgecolors="black",
+                   linewidths=0.5, zorder=3, label=f"{method} (no ensemble: y = 0)" if no_ens else method)
+    pad = (hi - lo) * 0.015  # markers at 0 or 100 stay whole
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("merged accuracy (%)")
+    ax.set_ylabel("ensembled accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, linewidth=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_scatter(run_dir: str | Path, method: str, metrics: dict[str, float], title: str | None = None) -> Path:
+    """``scatter.png`` in ``run_dir`` with this run's average point (``acc/merged/avg``, ``acc/ensembled/avg``)."""
+    point = {"method": method, "merged": metrics["acc/merged/avg"], "ensembled": metrics.get("acc/ensembled/avg")}
+    return scatter_png([point], Path(run_dir) / "scatter.png", title=title)
