@@ -45,8 +45,10 @@ def preflight(cfg: dict) -> None:
 
     model = cfg["model"]
     tag = model.get("pretrained")
-    if tag not in (None, "neulig") and weights_file(cfg["paths"]["weights_dir"], model["arch"], tag) is None:
-        fail(missing_weights_message(model["name"], cfg["paths"]["weights_dir"], model["arch"], tag))
+    if tag not in (None, "neulig"):
+        for origin in model.get("origins") or [tag]:
+            if weights_file(cfg["paths"]["weights_dir"], model["arch"], origin) is None:
+                fail(missing_weights_message(model["name"], cfg["paths"]["weights_dir"], model["arch"], origin))
     k, n = cfg["data"].get("num_co_models"), len(cfg["data"]["datasets"])
     if k is not None and not 2 <= int(k) <= n:
         fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
