@@ -131,7 +131,9 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
 
     from neulig.lit.finetune import FinetuneModule
 
-    entry = expert_entry(backbone, dataset, data_cfg, ft_cfg, seed, cache_dir)
+    speed_knobs = ("compile", "channels_last")  # how fast, not what is trained: not part of the cache key
+    entry = expert_entry(backbone, dataset, data_cfg, {k: v for k, v in ft_cfg.items() if k not in speed_knobs},
+                         seed, cache_dir)
     reference = backbone.visual.state_dict()
     if entry.load_meta() is not None:
         try:
@@ -151,11 +153,12 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
     total_steps = epochs * math.ceil(len(dataset.train) / (per_rank * trainer.world_size))
     module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, ft_cfg["lr"], ft_cfg["weight_decay"],
                             min(ft_cfg["warmup_steps"], max(1, total_steps // 10)), total_steps,
-                            stage_name=f"finetune/{dataset.name}")
+                            stage_name=f"finetune/{dataset.name}", compile=ft_cfg.get("compile", False),
+                            channels_last=ft_cfg.get("channels_last", False))
     start = time.time()
     log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
     trainer.fit(module, train_loader, loader(dataset.val, 256))
-    state = {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}  # NCHW if channels_last
     if trainer.global_rank == 0:
         meta = {"stage": "experts", "dataset": dataset.name, "epochs": epochs, "steps": total_steps,
                 "seconds": time.time() - start, "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}

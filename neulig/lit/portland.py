@@ -7,6 +7,11 @@ epochs. Because the experts are frozen their features are computed once (``cache
 one Lightning step runs one whole global epoch in memory. Model selection uses the *validation*
 split's ensembled accuracy, never the test split.
 
+Hot loop (paper.md §7.2): each epoch gathers every dataset's batches once and moves them to the device
+in one copy; a step slices them, computes the loss inline (the same sums as ``portland_loss``, without
+per-step head/statistic transfers) and queues its loss on the device; finiteness and the epoch's mean
+loss are read once per epoch, so a GPU step has no host sync.
+
 Multi-GPU: under DDP every rank walks the same seeded batch order and takes its slice of each batch;
 losses are per-sample sums divided by the global batch size, and gradients are all-reduced (sum) by
 hand before each step, which equals the single-process update exactly (up to float summation order).
@@ -23,8 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neulig.errors import NeuligError
-from neulig.merging.portland import Portland, consistency_loss, ensemble_features
+from neulig.merging.portland import Portland, ensemble_features
 from neulig.models.heads import head_logits
+
+
+def _no_capture_check() -> None:
+    """Stands in for ``Optimizer._accelerator_graph_capture_health_check`` on CPU (see on_train_start)."""
 
 
 class PortlandModule(L.LightningModule):
@@ -53,28 +62,42 @@ class PortlandModule(L.LightningModule):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _batch_loss(self, name: str, index: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
-        features, labels = self.train_sets[name]
-        z, y = features[index].to(self.device), labels[index].to(self.device)
+    def _prepare_device(self) -> None:
+        """Everything a step reads that does not change during training, on the module's device once:
+        transposed heads, the L_a statistic (``consistency_loss``'s normalised Gram for ``exact``),
+        and the validation features (evaluations re-read them every ``eval_every`` epochs)."""
+        device = self.device
+        self._heads_t = {n: w.to(device).t() for n, w in self.head_weights.items()}
+        if self.regularizer == "exact":
+            self._reg = (self.gram / self.gram.diagonal().mean().clamp_min(1e-30)).to(device)
+        else:
+            self._reg = self.eps_star.to(device)
+        self._val_on_device = {n: f.to(device) for n, (f, _) in self.val_sets.items()}
+
+    def _batch_loss(self, name: str, z: Tensor, y: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
+        """Sum over the batch slice (z [b, T, d], y [b], both on the device) of L_b + L_a / scaling,
+        divided by the global batch size (so a DDP gradient sum equals the single-process mean)."""
         beta = self.portland(z)
-        logits = head_logits(ensemble_features(beta, z), self.head_weights[name].to(self.device))
+        ens = (beta.unsqueeze(-1) * z).sum(1)  # = ensemble_features(beta, z), without einsum's overhead
+        logits = F.normalize(ens.float(), dim=-1) @ self._heads_t[name]  # = head_logits(ens, head)
         if self.alignment == "sup":
             l_b = F.cross_entropy(logits, y, reduction="sum")
         else:
             p = torch.softmax(logits, dim=-1)
             l_b = -(p * torch.log(p + 1e-6)).sum()
-        if self.regularizer == "exact":
-            l_a = consistency_loss(beta, gram=self.gram) * len(index)
-        else:
-            l_a = consistency_loss(beta, eps_star=self.eps_star) * len(index)
+        if self.regularizer == "exact":  # = consistency_loss(beta, gram=gram) * len(batch)
+            l_a = torch.einsum("bt,tu,bu->b", beta, self._reg.to(beta), beta).sum()
+        else:  # = consistency_loss(beta, eps_star=eps_star) * len(batch)
+            l_a = ((beta @ self._reg.to(beta)) ** 2).sum()
         return (l_b + l_a / self.scaling) / global_size, l_b.detach() / global_size
 
     @torch.no_grad()
     def validation_accuracy(self) -> dict[str, float]:
         """Ensembled accuracy (%) of the current Portland on each dataset's cached val features."""
         accs = {}
+        cached = getattr(self, "_val_on_device", {})
         for name, (features, labels) in self.val_sets.items():
-            z = features.to(self.device)
+            z = cached[name] if name in cached and cached[name].device == self.device else features.to(self.device)
             beta = self.portland(z)
             pred = head_logits(ensemble_features(beta, z), self.head_weights[name].to(self.device)).argmax(-1)
             accs[name] = 100.0 * (pred.cpu() == labels).float().mean().item()
@@ -85,6 +108,14 @@ class PortlandModule(L.LightningModule):
         ddp = getattr(self.trainer.strategy, "model", None)
         if hasattr(ddp, "require_backward_grad_sync"):  # we all-reduce by hand, see module docstring
             ddp.require_backward_grad_sync = False
+        self._prepare_device()
+        optimizer = self.optimizers().optimizer
+        if self.device.type == "cpu" and hasattr(optimizer, "_accelerator_graph_capture_health_check"):
+            # torch's Adam asks at every step whether a CUDA graph is being captured. Lightning sets
+            # PYTORCH_NVML_BASED_CUDA_CHECK=1, so on a host without a GPU driver that question dlopens
+            # libnvidia-ml at every step (~1 ms, more than the step itself). No graph can be captured
+            # with CPU parameters: skip the question. The update itself is untouched.
+            optimizer._accelerator_graph_capture_health_check = _no_capture_check
         self._record(epoch=0, train_loss=float("nan"))
 
     def training_step(self, epoch: Tensor, batch_idx: int) -> None:
@@ -94,27 +125,40 @@ class PortlandModule(L.LightningModule):
         generator = torch.Generator().manual_seed(self.seed * 100003 + epoch_id)
         orders = {n: torch.randperm(len(self.train_sets[n][1]), generator=generator) for n in self.names}
         rounds = min((len(o) + self.batch_size - 1) // self.batch_size for o in orders.values())
-        total, steps = 0.0, 0
+        # The epoch's batches of each dataset in one gather and one device copy (rather than two of
+        # each per step); a step then takes contiguous slices. Same samples, same order.
+        epoch_sets = {}
+        for name in self.names:
+            order = orders[name][: rounds * self.batch_size]
+            features, labels = self.train_sets[name]
+            epoch_sets[name] = (features[order].to(self.device), labels[order].to(self.device))
+        losses = []  # kept on the device: no host sync per step (checked and summed once per epoch)
         for r in range(rounds):
             for name in self.names:
-                batch = orders[name][r * self.batch_size : (r + 1) * self.batch_size]
-                local = torch.tensor_split(batch, world)[rank]
-                loss, l_b = self._batch_loss(name, local, len(batch))
+                features, labels = epoch_sets[name]
+                start = r * self.batch_size
+                size = min(self.batch_size, len(labels) - start)
+                # this rank's part of the batch, as torch.tensor_split(batch, world)[rank] cuts it
+                part, extra = divmod(size, world)
+                lo = start + rank * part + min(rank, extra)
+                hi = lo + part + (1 if rank < extra else 0)
+                loss, _ = self._batch_loss(name, features[lo:hi], labels[lo:hi], size)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if world > 1:
                     for p in self.portland.parameters():
                         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                     dist.all_reduce(loss.detach_(), op=dist.ReduceOp.SUM)
-                if not torch.isfinite(loss):
-                    raise NeuligError(f"Portland loss is {loss.item()} at epoch {epoch_id + 1}, step {steps}; "
-                                      "lower merge.lr or check the expert features")
                 optimizer.step()
-                total += loss.item()
-                steps += 1
+                losses.append(loss.detach())
+        losses = torch.stack(losses).float()
+        if not bool(torch.isfinite(losses).all()):
+            step = int((~torch.isfinite(losses)).nonzero()[0])
+            raise NeuligError(f"Portland loss is {losses[step].item()} at epoch {epoch_id + 1}, step {step}; "
+                              "lower merge.lr or check the expert features")
         epoch_done = epoch_id + 1
         if epoch_done % self.eval_every == 0 or epoch_done == self.trainer.max_epochs:
-            self._record(epoch=epoch_done, train_loss=total / steps)
+            self._record(epoch=epoch_done, train_loss=losses.double().sum().item() / len(losses))
 
     def _record(self, epoch: int, train_loss: float) -> None:
         accs = self.validation_accuracy()

@@ -18,6 +18,11 @@ from torch import Tensor
 from neulig.merging.state_dict import BN_COUNT, BN_MEAN, BN_VAR, StateDict, check_compatible, classify_keys
 
 
+# flat [P] -> views shaped like each template, consecutive (what torch._utils._unflatten_dense_tensors
+# calls); optional: FlatStack falls back to split + view without it.
+_unflatten_views = getattr(getattr(torch._C, "_nn", None), "unflatten_dense_tensors", None)
+
+
 @dataclass(frozen=True)
 class Slot:
     key: str
@@ -55,6 +60,20 @@ class FlatStack:
             for p in self.bn_prefixes
         }
         self.fixed = {k: first[k].to(device) for k in classes.fixed}
+        # Hot-path tables (per-batch merges, paper.md §7.2): split sizes for one-call unflattening, and
+        # the BN statistics of all layers side by side so that pooling is a handful of kernels, not
+        # ~8 per BN layer (RN50 has 50+). Channel c belongs to BN layer ``_bn_layer[c]``.
+        self._numels = [s.numel for s in self.slots]
+        self._param_keys = [s.key for s in self.slots]
+        self._templates = [torch.empty(s.shape, device="meta") for s in self.slots]  # shapes only
+        self._all_float32 = all(s.dtype == torch.float32 for s in self.slots)
+        self._bn_sizes = [self.bn_mean[p].shape[1] for p in self.bn_prefixes]
+        if self.bn_prefixes:
+            self._bn_mean_t = torch.cat([self.bn_mean[p] for p in self.bn_prefixes], 1).t().contiguous()  # [C, N]
+            self._bn_var_t = torch.cat([self.bn_var[p] for p in self.bn_prefixes], 1).t().contiguous()  # [C, N]
+            self._bn_counts = torch.stack([self.bn_count[p] for p in self.bn_prefixes])  # [L, N]
+            self._bn_layer = torch.repeat_interleave(
+                torch.arange(len(self.bn_prefixes), device=device), torch.tensor(self._bn_sizes, device=device))
 
     @property
     def num_models(self) -> int:
@@ -66,20 +85,32 @@ class FlatStack:
 
     def unflatten(self, flat: Tensor) -> StateDict:
         """Views of a [P] vector as named tensors (no copy for float32 storage)."""
-        return {s.key: flat[s.offset : s.offset + s.numel].view(s.shape).to(s.dtype) for s in self.slots}
+        if self._all_float32 and flat.dtype == torch.float32 and _unflatten_views is not None:
+            # the slots tile [0, P) in order: every view in one C++ call (~150 per ViT-B/32 merge)
+            return dict(zip(self._param_keys, _unflatten_views(flat, self._templates)))
+        pieces = flat.split(self._numels)
+        return {s.key: piece.view(s.shape).to(s.dtype) for s, piece in zip(self.slots, pieces)}
 
     def combine(self, coeffs: Tensor, pool_weights: Tensor | None = None) -> StateDict:
         """State dict of sum_i coeffs[i] theta_i, BN statistics pooled with ``pool_weights`` (default coeffs)."""
         coeffs = coeffs.to(self.theta)
         state = self.unflatten(self.flat_combination(coeffs))
-        pool = (coeffs if pool_weights is None else pool_weights.to(self.theta)).clamp_min(0)
-        for prefix in self.bn_prefixes:
-            weight = pool * self.bn_count[prefix]
-            weight = weight / weight.sum().clamp_min(1e-12)
-            mu_i, var_i = self.bn_mean[prefix], self.bn_var[prefix]
-            mu = weight @ mu_i
-            state[prefix + BN_MEAN] = mu
-            state[prefix + BN_VAR] = weight @ (var_i + (mu_i - mu) ** 2)
+        if self.bn_prefixes:
+            state.update(self.pool_batchnorm(coeffs if pool_weights is None else pool_weights.to(self.theta)))
         for key, value in self.fixed.items():
             state.setdefault(key, value)
         return state
+
+    def pool_batchnorm(self, weights: Tensor) -> StateDict:
+        """Every BN layer's running mean/var pooled with weights w_i ∝ max(weights_i, 0) n_i (the rule of
+        ``state_dict.pool_batchnorm``), all layers at once: mu = sum_i w_i mu_i,
+        var = sum_i w_i (var_i + (mu_i - mu)^2)."""
+        w = weights.clamp_min(0) * self._bn_counts  # [L, N]
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+        w = w[self._bn_layer]  # [C, N]: each channel's layer weights
+        mu = (w * self._bn_mean_t).sum(1)
+        var = (w * (self._bn_var_t + (self._bn_mean_t - mu[:, None]) ** 2)).sum(1)
+        out: StateDict = {}
+        for prefix, m, v in zip(self.bn_prefixes, mu.split(self._bn_sizes), var.split(self._bn_sizes)):
+            out[prefix + BN_MEAN], out[prefix + BN_VAR] = m, v
+        return out
