@@ -45,6 +45,25 @@ def contract_metrics(per_kind: dict[str, dict[str, float]]) -> dict[str, float]:
     return metrics
 
 
+def expert_origins(model_cfg: dict, names: list[str]) -> dict[str, object]:
+    """The starting checkpoint of each dataset's expert: ``model.origins`` cycled over the datasets
+    (pretraining seeds for ``tiny``, pretrained tags for real models); one shared origin by default."""
+    origins = model_cfg.get("origins") or [None]
+    return {d: origins[i % len(origins)] for i, d in enumerate(names)}
+
+
+def origin_config(model_cfg: dict, origin: object) -> dict:
+    """The model config of one origin (``None``: the model config itself)."""
+    if origin is None:
+        return model_cfg
+    out = {**model_cfg}
+    if model_cfg.get("pretrained") == "neulig":
+        out["pretrain"] = {**model_cfg["pretrain"], "seed": int(origin)}
+    else:
+        out["pretrained"] = origin
+    return out
+
+
 def quiet_libraries() -> None:
     """No warning spam on a normal run: Lightning's banners and tips are not news to our users."""
     import logging
@@ -71,22 +90,26 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
     combos = combinations(names, data_cfg.get("num_co_models"))
     device = choose_device(cfg["trainer"])
 
-    backbone = stages.load_backbone(model_cfg, cfg["paths"]["weights_dir"], cache_dir)
-    log.info(f"backbone {backbone.name} ready ({time.time() - start:.1f} s)")
+    origin_of = expert_origins(model_cfg, names)
+    backbones = {o: stages.load_backbone(origin_config(model_cfg, o), cfg["paths"]["weights_dir"], cache_dir)
+                 for o in dict.fromkeys(origin_of.values())}
+    backbone = backbones[origin_of[names[0]]]  # the base (theta_0) of anchored methods
+    log.info(f"backbone {backbone.name} ready ({len(backbones)} origin(s), {time.time() - start:.1f} s)")
     datasets = {d: load_dataset(d, data_cfg["sizes"], model_cfg["image_size"], data_cfg.get("split_seed", 0),
                                 data_dir=data_cfg.get("root", cfg["paths"]["data_dir"]),
                                 download=bool(data_cfg.get("download", False)), cache_dir=str(cache_dir))
                 for d in names}
     log.info(f"datasets {', '.join(names)} loaded ({time.time() - start:.1f} s)")
-    heads = {d: stages.load_head(backbone, datasets[d].spec, cache_dir) for d in names}
+    # each dataset's head and zero-shot reference come from the origin its expert starts from
+    heads = {d: stages.load_head(backbones[origin_of[d]], datasets[d].spec, cache_dir) for d in names}
     base = {k: v.detach().cpu().clone() for k, v in backbone.visual.state_dict().items()}
-    pre_feats = {d: stages.expert_features(backbone.visual, backbone.key, datasets[d], data_cfg, cache_dir, device)
-                 for d in names}
+    pre_feats = {d: stages.expert_features(backbones[origin_of[d]].visual, backbones[origin_of[d]].key, datasets[d],
+                                           data_cfg, cache_dir, device) for d in names}
     experts, expert_keys = {}, {}
     for d in names:
         experts[d], expert_keys[d] = stages.finetune_expert(
-            backbone, datasets[d], heads[d], data_cfg, model_cfg["finetune"], cfg["trainer"], cfg["seed"], cache_dir,
-            callbacks)
+            backbones[origin_of[d]], datasets[d], heads[d], data_cfg, model_cfg["finetune"], cfg["trainer"],
+            cfg["seed"], cache_dir, callbacks)
     timings = {"experts_ready_s": time.time() - start}
     log.info(f"experts ready ({timings['experts_ready_s']:.1f} s)")
     import copy
