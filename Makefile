@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install neulig with its dev extras
 
-run: $(STAMP)  ## run the embedded default experiment (Portland on the tiny backbone)
-	$(PY) -m neulig.run
+run: $(STAMP)  ## run the embedded default experiment (Portland on the tiny backbone); ARGS=overrides
+	$(PY) -m neulig.run $(ARGS)
 
 test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
 	$(PY) -m pytest -q

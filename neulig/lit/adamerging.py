@@ -1,0 +1,171 @@
+"""AdaMergingModule: learns AdaMerging's lambdas by entropy minimisation on unlabeled test images.
+
+AdaMerging (Yang et al., ICLR 2024, arXiv 2310.02575) is *test-time adaptation*: like the reference
+(``src/main_*_adamerging.py``) the objective sees each task's **test** images, never their labels.
+Only the lambdas are trainable; theta_0, the task vectors and the heads are frozen.
+
+Schedule (methods.md §9): Adam (lr 1e-3, betas (0.9, 0.999), no weight decay), ``steps`` = 500
+optimisation steps. In each step every task k draws a fresh shuffled sample of its test split and
+consumes ``batches_per_task`` batches of ``batch_size`` (the reference's loop breaks after its second
+batch of 16: ``batches_per_task`` = 2); the loss is
+    L = sum_k sum_{batches b of k} mean_{x in b} H(softmax(head_k(f(x; theta(lambda)))))
+One Lightning step is one optimisation step; the images of all tasks go through the encoder in one
+``functional_call`` on the merged views (the merged weights are shared by all tasks, and the
+encoder runs in eval mode, so this equals one forward per task).
+
+:class:`TTAModule` holds what WeMoE (``neulig.lit.wemoe``) shares: test streams, frozen heads,
+the entropy objective, the step loader and the ``history`` curve read by the MLflow callback.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from neulig.errors import NeuligError
+from neulig.merging.adamerging import AdaMergingWeights, entropy
+from neulig.models.heads import head_logits
+
+
+def fetch_images(dataset: Dataset, indices: Tensor) -> Tensor:
+    """Normalised images of ``indices`` (vectorised for ``TensorImages``); labels are discarded."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)[0]
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+class UnlabeledStream:
+    """Seeded batches of a test split's indices.
+
+    ``fresh=True``: every draw is a new shuffled loader's first ``count`` indices (AdaMerging);
+    ``fresh=False``: consecutive batches of a shuffled order, reshuffled once exhausted (WeMoE's
+    ``next(iter)`` over a cycled shuffled loader).
+    """
+
+    def __init__(self, size: int, seed: int, fresh: bool):
+        if size == 0:
+            raise NeuligError("test-time adaptation needs unlabeled test images, but a test split is empty; "
+                              "raise data.sizes.test")
+        self.size, self.fresh = size, fresh
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.position = torch.randperm(size, generator=self.generator), 0
+
+    def draw(self, count: int) -> Tensor:
+        if self.fresh:
+            return torch.randperm(self.size, generator=self.generator)[:count]
+        if self.position >= self.size:
+            self.order, self.position = torch.randperm(self.size, generator=self.generator), 0
+        batch = self.order[self.position : self.position + count]
+        self.position += count
+        return batch
+
+
+class TTAModule(L.LightningModule):
+    """Shared machinery of the test-time adaptation combiners (AdaMerging, WeMoE)."""
+
+    def __init__(self, heads: dict[str, Tensor], test_sets: dict[str, Dataset], steps: int, lr: float,
+                 batch_size: int, batches_per_task: int, fresh_batches: bool, log_every: int, seed: int,
+                 stage_name: str):
+        super().__init__()
+        self.names = list(test_sets)
+        self.test_sets = test_sets
+        for i, name in enumerate(self.names):
+            self.register_buffer(f"head_{i}", heads[name].detach().float().clone(), persistent=False)
+        self.streams = {n: UnlabeledStream(len(test_sets[n]), seed * 1009 + i, fresh_batches)
+                        for i, n in enumerate(self.names)}
+        self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
+        self.batches_per_task, self.log_every = int(batches_per_task), max(1, int(log_every))
+        self.history: list[dict] = []
+        self.stage_name = stage_name
+
+    # -- to implement ------------------------------------------------------------------------------
+    def encode(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}
+
+    # -- shared --------------------------------------------------------------------------------------
+    def head(self, i: int) -> Tensor:
+        return getattr(self, f"head_{i}")
+
+    def draw(self) -> tuple[Tensor, list[list[int]]]:
+        """One step's images of every task, concatenated, and each task's batch sizes."""
+        images, sizes = [], []
+        for name in self.names:
+            task_sizes = []
+            if self.streams[name].fresh:
+                idx = self.streams[name].draw(self.batch_size * self.batches_per_task)
+                images.append(fetch_images(self.test_sets[name], idx))
+                task_sizes = [len(c) for c in torch.split(idx, self.batch_size)]
+            else:
+                for _ in range(self.batches_per_task):
+                    idx = self.streams[name].draw(self.batch_size)
+                    images.append(fetch_images(self.test_sets[name], idx))
+                    task_sizes.append(len(idx))
+            sizes.append(task_sizes)
+        return torch.cat(images).to(self.device), sizes
+
+    def objective(self, features: Tensor, sizes: list[list[int]]) -> Tensor:
+        """sum_k sum_b mean_{x in b} H(softmax(head_k(f(x)))) over the concatenated step batch."""
+        per_task = torch.split(features, [sum(s) for s in sizes])
+        loss = features.new_zeros((), dtype=torch.float32)
+        for i, (feats, task_sizes) in enumerate(zip(per_task, sizes)):
+            ent = entropy(head_logits(feats, self.head(i)))
+            loss = loss + sum(chunk.mean() for chunk in torch.split(ent, task_sizes))
+        return loss
+
+    def training_step(self, step: Tensor, batch_idx: int) -> Tensor:
+        images, sizes = self.draw()
+        loss = self.objective(self.encode(images), sizes)
+        done = batch_idx + 1
+        if done % self.log_every == 0 or done == self.steps:  # the only host sync, every log_every steps
+            value = float(loss.detach())
+            if value != value or abs(value) == float("inf"):
+                raise NeuligError(f"{self.stage_name} entropy loss is {value} at step {done}; lower merge.lr")
+            self.history.append({"epoch": done, "train/loss": value, **self.extra_metrics()})
+        return loss
+
+    def train(self, mode: bool = True):
+        """The frozen encoder always runs in eval mode (no BatchNorm update, no dropout)."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return []
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.arange(self.steps), batch_size=None)
+
+
+class AdaMergingModule(TTAModule):
+    """Task-wise or layer-wise AdaMerging on the frozen ``visual`` (its weights are never used: every
+    forward is ``functional_call(visual, merger.merged_state(), images)``)."""
+
+    def __init__(self, visual: nn.Module, merger: AdaMergingWeights, heads: dict[str, Tensor],
+                 test_sets: dict[str, Dataset], steps: int = 500, lr: float = 1e-3, batch_size: int = 16,
+                 batches_per_task: int = 2, log_every: int = 10, seed: int = 0):
+        super().__init__(heads, test_sets, steps, lr, batch_size, batches_per_task, fresh_batches=True,
+                         log_every=log_every, seed=seed, stage_name="adamerging")
+        # kept out of the module tree: the backbone is shared and frozen, and functional_call replaces
+        # every one of its tensors, so neither the optimiser, DDP nor a device move should see it
+        self.__dict__["visual"] = visual
+        self.merger = merger
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.visual]
+
+    def encode(self, images: Tensor) -> Tensor:
+        return functional_call(self.visual, self.merger.merged_state(), (images,))
+
+    @torch.no_grad()
+    def extra_metrics(self) -> dict[str, float]:
+        coeffs = self.merger.coefficients().mean(0)
+        return {f"lambda/{name}": float(c) for name, c in zip(self.names, coeffs)}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.merger.parameters(), lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)
