@@ -12,8 +12,14 @@ if python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv >/dev
   UV_FIND_LINKS="$(pip config get global.find-links 2>/dev/null || true)" \
   UV_EXTRA_INDEX_URL="$(pip config get global.extra-index-url 2>/dev/null || true)" \
     python3 -m uv pip install -q --compile-bytecode --python "$venv/bin/python" -e '.[dev]'
+  # the Optuna sweeper pins optuna<3: let uv pick it from whichever index has it (optional extra)
+  UV_FIND_LINKS="$(pip config get global.find-links 2>/dev/null || true)" \
+  UV_EXTRA_INDEX_URL="$(pip config get global.extra-index-url 2>/dev/null || true)" \
+    python3 -m uv pip install -q --compile-bytecode --index-strategy unsafe-best-match \
+      --python "$venv/bin/python" -e '.[dev,optuna]' || echo "optional: Optuna sweeper not installed"
 else
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q -e '.[dev]'
+  "$venv/bin/pip" install -q -e '.[dev,optuna]' || echo "optional: Optuna sweeper not installed"
 fi
 "$venv/bin/python" -c "import torch, torchvision, open_clip, lightning, hydra, mlflow; print('installed: torch', torch.__version__, 'open_clip', open_clip.__version__)"

@@ -84,17 +84,37 @@ def statistics(combo: Combo, merge_cfg: dict, seed: int) -> dict:
     return {"fishers" if needs == "fisher" else "grams": out}
 
 
+def split_accuracy(combo: Combo, state: StateDict, split: str) -> dict[str, float]:
+    """Accuracy of one merged encoder on ``split`` of every dataset, with each dataset's head."""
+    return {d: feature_accuracy(merged_features(combo.visual, state, getattr(combo.datasets[d], split),
+                                                combo.eval_batch_size, combo.device), combo.labels(d, split), combo.heads[d])
+            for d in combo.names}
+
+
 def run_static(combo: Combo, merge_cfg: dict, level: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], StateDict]:
-    """Merge once with the configured pure function, evaluate it and its ensemble counterpart."""
+    """Merge with the configured pure function, evaluate it and its ensemble counterpart.
+
+    ``grid: {hparam: [values]}`` in the method's config picks the value with the best mean
+    *validation* accuracy of the merged model (the test split is never used for selection)."""
     fn = resolve(merge_cfg["fn"])
     hparams = dict(merge_cfg.get("hparams") or {})
-    merged = fn(combo.base, combo.experts, **hparams, **statistics(combo, merge_cfg, seed))
+    stats = statistics(combo, merge_cfg, seed)
+    grid = dict(merge_cfg.get("grid") or {})
+    if len(grid) > 1:
+        raise NeuligError(f"merge.grid searches one hyperparameter, got {sorted(grid)}; use hparams_search for more")
+    chosen = {}
+    for name, values in grid.items():
+        scores = {}
+        for value in values:
+            val_acc = split_accuracy(combo, fn(combo.base, combo.experts, **{**hparams, name: value}, **stats), "val")
+            scores[value] = sum(val_acc.values()) / len(val_acc)
+        hparams[name] = max(scores, key=scores.get)
+        chosen = {"grid": {str(k): v for k, v in scores.items()}, "selected": {name: hparams[name]}}
+    merged = fn(combo.base, combo.experts, **hparams, **stats)
     weights_fn = getattr(importlib.import_module(fn.__module__), "ensemble_weights", None)
     coeffs = torch.tensor(weights_fn(len(combo.experts), **hparams) if weights_fn else [1.0 / len(combo.experts)] * len(combo.experts))
-    out = {"merged": {}, "ensembled": run_ensemble(combo, coeffs, level)}
-    for d in combo.names:
-        feats = merged_features(combo.visual, merged, combo.datasets[d].test, combo.eval_batch_size, combo.device)
-        out["merged"][d] = feature_accuracy(feats, combo.labels(d, "test"), combo.heads[d])
+    out = {"merged": split_accuracy(combo, merged, "test"), "ensembled": run_ensemble(combo, coeffs, level),
+           "val_merged": split_accuracy(combo, merged, "val"), **chosen}
     return out, merged
 
 

@@ -156,7 +156,7 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
             "expert_keys": expert_keys, "backbone_key": backbone.key}
 
 
-ACC_KINDS = ("merged", "ensembled", "merged_batch", "merged_task", "merged_global")
+ACC_KINDS = ("merged", "ensembled", "merged_batch", "merged_task", "merged_global", "val_merged")
 
 
 def aggregate(combo_results: list[dict], names: list[str]) -> dict[str, dict[str, float]]:

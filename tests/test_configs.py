@@ -12,6 +12,8 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
+    if group == "hparams_search":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra neulig[optuna]")
     prefix = "+" if group in ("experiment", "hparams_search") else ""
     cfg = compose([f"{prefix}{group}={option}"], tmp_path)
     plain = OmegaConf.to_container(cfg, resolve=True)
