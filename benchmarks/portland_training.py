@@ -112,20 +112,13 @@ def run_cached(combo, cfg: dict, epochs: int) -> dict:
     """(a) neulig: PortlandModule + Lightning Trainer, set up as ``combine.run_portland`` does."""
     import lightning as L
 
-    from neulig.lit.portland import PortlandModule
+    from neulig.combine import build_portland_module
     from neulig.stages import trainer_kwargs
 
     merge_cfg, seed = cfg["merge"], cfg["seed"]
     start = time.perf_counter()
     L.seed_everything(seed, verbose=False)
-    eps_star, gram = offsets(combo, merge_cfg)
-    module = PortlandModule(
-        train_sets={d: (combo.features[d]["train"], combo.labels(d, "train")) for d in combo.names},
-        val_sets={d: (combo.features[d]["val"], combo.labels(d, "val")) for d in combo.names},
-        head_weights=combo.heads, feature_dim=combo.features[combo.names[0]]["train"].shape[-1],
-        alignment=merge_cfg["alignment"], scaling=merge_cfg["scaling"], regularizer=merge_cfg["regularizer"],
-        eps_star=eps_star, gram=gram, lr=merge_cfg["lr"], batch_size=merge_cfg["batch_size"],
-        eval_every=merge_cfg["eval_every"], seed=seed)
+    module = build_portland_module(combo, merge_cfg, seed)
     init = copy.deepcopy(module.portland.state_dict())
     kwargs = trainer_kwargs(cfg["trainer"])
     kwargs.update(max_epochs=epochs, use_distributed_sampler=False, num_sanity_val_steps=0, enable_progress_bar=False)

@@ -190,24 +190,30 @@ def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level:
     return out
 
 
-def run_portland(combo: Combo, merge_cfg: dict, trainer_cfg: dict, level: str, seed: int,
-                 callbacks: list | None = None) -> tuple[dict, list[dict]]:
-    """Fit Portland on cached train features (selection on val), then evaluate every granularity."""
-    import lightning as L
-
+def build_portland_module(combo: Combo, merge_cfg: dict, seed: int):
+    """The PortlandModule of ``merge_cfg`` on the combination's cached features (call after seeding)."""
     from neulig.lit.portland import PortlandModule
     from neulig.merging.portland import offset_statistics
-    from neulig.stages import trainer_kwargs
 
-    L.seed_everything(seed, verbose=False)
     eps_star, gram = offset_statistics(flatten_for_offsets(combo.experts, merge_cfg.get("offsets_over", "all")))
-    module = PortlandModule(
+    return PortlandModule(
         train_sets={d: (combo.features[d]["train"], combo.labels(d, "train")) for d in combo.names},
         val_sets={d: (combo.features[d]["val"], combo.labels(d, "val")) for d in combo.names},
         head_weights=combo.heads, feature_dim=combo.features[combo.names[0]]["train"].shape[-1],
         alignment=merge_cfg["alignment"], scaling=merge_cfg["scaling"], regularizer=merge_cfg["regularizer"],
         eps_star=eps_star, gram=gram, lr=merge_cfg["lr"], batch_size=merge_cfg["batch_size"],
         eval_every=merge_cfg["eval_every"], seed=seed)
+
+
+def run_portland(combo: Combo, merge_cfg: dict, trainer_cfg: dict, level: str, seed: int,
+                 callbacks: list | None = None) -> tuple[dict, list[dict]]:
+    """Fit Portland on cached train features (selection on val), then evaluate every granularity."""
+    import lightning as L
+
+    from neulig.stages import trainer_kwargs
+
+    L.seed_everything(seed, verbose=False)
+    module = build_portland_module(combo, merge_cfg, seed)
     kwargs = trainer_kwargs(trainer_cfg)
     kwargs.update(max_epochs=merge_cfg["global_epochs"], use_distributed_sampler=False, num_sanity_val_steps=0,
                   enable_progress_bar=False)
