@@ -7,6 +7,7 @@ tracking URI fails in seconds with one line.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -44,17 +45,33 @@ class MLflowReporter(L.Callback):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         try:
-            if self.tracking_uri.startswith("sqlite:///"):
-                Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            mlflow.set_tracking_uri(self.tracking_uri)
-            self.client = MlflowClient(self.tracking_uri)
-            experiment = self.client.get_experiment_by_name(self.experiment_name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                self.experiment_name, artifact_location=self.artifact_location())
-            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags).info.run_id
+            with self.store_lock():  # parallel sweep jobs must not race on schema creation or experiments
+                mlflow.set_tracking_uri(self.tracking_uri)
+                self.client = MlflowClient(self.tracking_uri)
+                experiment = self.client.get_experiment_by_name(self.experiment_name)
+                experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+                    self.experiment_name, artifact_location=self.artifact_location())
+                self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags).info.run_id
         except Exception as err:  # mlflow raises many types for a bad store
             raise NeuligError(f"MLflow tracking store {self.tracking_uri!r} is unreachable ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]}); fix logger.tracking_uri or use logger=none") from err
+
+    @contextmanager
+    def store_lock(self):
+        """An exclusive file lock beside a sqlite store (other stores handle concurrency themselves)."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        import fcntl
+
+        db = Path(self.tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def artifact_location(self) -> str | None:
         """Beside a sqlite store (``<dir>/mlartifacts/<experiment>``), so outputs/ holds everything;

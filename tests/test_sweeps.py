@@ -1,0 +1,23 @@
+"""A parallel joblib sweep on a fresh store: both jobs finish and are recorded (no race on the store)."""
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, TINY_OVERRIDES
+
+
+def test_joblib_sweep_two_methods_on_a_fresh_store(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NEULIG_RUN_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "neulig.run", "-m", "hydra/launcher=joblib", "merge=average,task_arithmetic",
+                           f"paths.root_dir={tmp_path}", *TINY_OVERRIDES], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "error" not in proc.stderr.lower(), proc.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    experiment = client.get_experiment_by_name("neulig-embedded-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["average-embedded-tiny-s0", "task_arithmetic-embedded-tiny-s0"]
+    assert all(r.info.status == "FINISHED" and "acc/merged/avg" in r.data.metrics for r in runs)
