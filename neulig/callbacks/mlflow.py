@@ -39,8 +39,11 @@ class MLflowReporter(L.Callback):
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        import logging
         import os
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation INFO lines are not news
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         # an unreachable server must fail in seconds, not after minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
