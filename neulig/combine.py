@@ -84,11 +84,11 @@ def statistics(combo: Combo, merge_cfg: dict, seed: int) -> dict:
     return {"fishers" if needs == "fisher" else "grams": out}
 
 
-def split_accuracy(combo: Combo, state: StateDict, split: str) -> dict[str, float]:
-    """Accuracy of one merged encoder on ``split`` of every dataset, with each dataset's head."""
+def split_accuracy(combo: Combo, state: StateDict, split: str, names: list[str] | None = None) -> dict[str, float]:
+    """Accuracy of one merged encoder on ``split`` of each dataset (default: all), with its head."""
     return {d: feature_accuracy(merged_features(combo.visual, state, getattr(combo.datasets[d], split),
                                                 combo.eval_batch_size, combo.device), combo.labels(d, split), combo.heads[d])
-            for d in combo.names}
+            for d in (names or combo.names)}
 
 
 def run_static(combo: Combo, merge_cfg: dict, level: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], StateDict]:
@@ -123,11 +123,8 @@ def run_plain_ensemble(combo: Combo, merge_cfg: dict, level: str) -> tuple[dict[
     from neulig.merging.average import merge
 
     coeffs = torch.full((len(combo.experts),), 1.0 / len(combo.experts))
-    out = {"ensembled": run_ensemble(combo, coeffs, merge_cfg.get("level", level)), "merged": {}}
-    merged = merge(combo.base, combo.experts)
-    for d in combo.names:
-        feats = merged_features(combo.visual, merged, combo.datasets[d].test, combo.eval_batch_size, combo.device)
-        out["merged"][d] = feature_accuracy(feats, combo.labels(d, "test"), combo.heads[d])
+    out = {"ensembled": run_ensemble(combo, coeffs, merge_cfg.get("level", level)),
+           "merged": split_accuracy(combo, merge(combo.base, combo.experts), "test")}
     return out, None
 
 
@@ -165,12 +162,11 @@ def portland_merged_batch(combo: Combo, flat: FlatStack, portland: nn.Module, na
 def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level: str, seed: int) -> dict:
     flat = FlatStack(combo.experts, device=combo.device)
     portland = portland.to(combo.device).eval()
-    out: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task", "merged_global",
+    out: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task",
                                                         "beta_entropy", "beta_own_expert")}
     val_betas = {d: portland(combo.features[d]["val"].to(combo.device)).cpu() for d in combo.names}
     global_beta = torch.cat(list(val_betas.values())).mean(0)
-    global_feats = {}
-    global_state = flat.combine(global_beta.to(combo.device))
+    out["merged_global"] = split_accuracy(combo, flat.combine(global_beta.to(combo.device)), "test")
     for t, d in enumerate(combo.names):
         test_feats, labels = combo.features[d]["test"], combo.labels(d, "test")
         beta = portland(test_feats.to(combo.device)).cpu()
@@ -179,10 +175,7 @@ def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level:
             combo, flat, portland, d, merge_cfg["eval_batch_size"], merge_cfg["batch_weights"],
             seed if merge_cfg.get("eval_shuffle", True) else None)
         task_state = flat.combine(val_betas[d].mean(0).to(combo.device))
-        out["merged_task"][d] = feature_accuracy(
-            merged_features(combo.visual, task_state, combo.datasets[d].test, combo.eval_batch_size, combo.device), labels, combo.heads[d])
-        global_feats[d] = merged_features(combo.visual, global_state, combo.datasets[d].test, combo.eval_batch_size, combo.device)
-        out["merged_global"][d] = feature_accuracy(global_feats[d], labels, combo.heads[d])
+        out["merged_task"][d] = split_accuracy(combo, task_state, "test", [d])[d]
         out["beta_entropy"][d] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
         out["beta_own_expert"][d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
     out["merged"] = dict(out["merged_batch"])
