@@ -66,11 +66,11 @@ def origin_config(model_cfg: dict, origin: object) -> dict:
 
 def quiet_libraries() -> None:
     """No warning spam on a normal run: Lightning's banners and tips are not news to our users."""
-    import logging
     import warnings
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from neulig.utils.log import quiet_lightning
+
+    quiet_lightning()  # again in stages.trainer_kwargs: a later first import of lightning resets the levels
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -168,6 +168,9 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
 
 def trainer_kwargs(trainer_cfg: dict) -> dict:
     """Lightning Trainer arguments of the ``trainer`` group, plus neulig's quiet defaults."""
+    from neulig.utils.log import quiet_lightning
+
+    quiet_lightning()  # every Trainer is built from these kwargs, after lightning has been imported
     kwargs = {k: v for k, v in trainer_cfg.items() if k not in ("name",)}
     kwargs.setdefault("logger", False)
     kwargs.setdefault("enable_checkpointing", False)

@@ -13,5 +13,18 @@ if not log.handlers:
     log.propagate = False
 
 
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's INFO banners ("GPU available", tips, "fit stopped") off stderr.
+
+    Importing ``lightning`` sets its loggers back to INFO and gives them console handlers, which undoes
+    any earlier ``setLevel``; so this runs after the import, right before a Trainer is built.
+    """
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def is_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
