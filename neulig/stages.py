@@ -135,11 +135,11 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
     entry = expert_entry(backbone, dataset, data_cfg, {k: v for k, v in ft_cfg.items() if k not in speed_knobs},
                          seed, cache_dir)
     reference = backbone.visual.state_dict()
-    if entry.load_meta() is not None:
+    if entry.load_meta(rebuild=f"retraining the {dataset.name} expert") is not None:
         try:
             return load_state(entry.dir / "encoder.safetensors", reference), entry.key
         except NeuligError as err:  # verified bytes but wrong layout: rebuild rather than trust it
-            log.warning(f"{err}; retraining")
+            log.warning(f"{err}; retraining the {dataset.name} expert")
             import shutil
 
             shutil.rmtree(entry.dir, ignore_errors=True)

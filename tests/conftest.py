@@ -22,6 +22,36 @@ TINY_OVERRIDES = [
 PORTLAND_TINY = ["merge.global_epochs=20", "merge.eval_every=5"]
 
 
+def assert_cache_clean(cache_dir: Path, allow_temp: bool = False) -> list[Path]:
+    """Assert that every entry ``<cache>/<stage>/<key>/`` has a meta.json that verifies; return the
+    leftover publish temp dirs (``<stage>/.<key>.<owner>.<random>.tmp``), which are never trusted.
+
+    With ``allow_temp=False`` a leftover temp dir fails the assertion too. An absent cache is clean.
+    """
+    from neulig.utils.cache import CacheEntry, CacheError
+
+    cache_dir = Path(cache_dir)
+    temps, bad = [], []
+    for stage in sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []:
+        if not stage.is_dir():
+            bad.append(f"{stage}: a file where stage folders belong")
+            continue
+        for path in sorted(stage.iterdir()):
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                temps.append(path)
+                continue
+            try:
+                meta = CacheEntry(cache_dir, stage.name, path.name).verify()
+            except CacheError as err:
+                bad.append(str(err))
+                continue
+            if meta.get("key") != path.name:
+                bad.append(f"{path}: meta.json names key {meta.get('key')!r}")
+    assert not bad, "untrusted cache entries:\n" + "\n".join(bad)
+    assert allow_temp or not temps, f"leftover temp dirs: {temps}"
+    return temps
+
+
 def compose(overrides: list[str], tmp_path: Path):
     """The CLI's config with ``overrides``, all outputs redirected under ``tmp_path``."""
     from hydra import compose as hydra_compose

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from neulig.errors import NeuligError
 from neulig.run import execute
+from tests.conftest import assert_cache_clean
 
 
 def _run(cfg, run_dir: Path) -> dict:
@@ -32,6 +33,7 @@ def test_same_seed_same_metrics_and_corrupt_expert_is_retrained(tiny_cfg, tmp_pa
     second = _run(cfg, tmp_path / "b")["metrics"]
     assert second == first  # both experts rebuilt identically: same seed, same numbers
     assert (experts[0] / "encoder.safetensors").stat().st_size > 100
+    assert_cache_clean(Path(cfg.paths.cache_dir))  # the rebuilt entries verify, no temp dir is left
 
 
 def test_nan_loss_stops_with_the_step_and_value():

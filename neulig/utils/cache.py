@@ -4,6 +4,9 @@ Every stage of the pipeline stores its product in ``<cache_dir>/<stage>/<key>/``
 hash of exactly the configuration that determines the product (plus the keys of its inputs). A
 directory is published by an atomic rename of a fully written temp directory, and its ``meta.json``
 records the SHA-256 of every file, so a killed run never leaves an entry a later run would trust.
+A temp directory's name carries its owner (``.<key>.<host>-<pid>.<random>.tmp``); the next publish
+in the same stage removes the temp directories of owners on this host that are no longer running,
+so a killed run leaves no garbage behind for good.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +54,50 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``<host>-<pid>`` of this process (dots in the host name become ``_``, the name's separator)."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid() if pid is None else pid}"
+
+
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a publish temp dir name ``.<key>.<host>-<pid>.<random>.tmp``; None for other names."""
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    parts = name[1 : -len(TEMP_SUFFIX)].split(".")
+    host, _, pid = parts[1].rpartition("-") if len(parts) == 3 else ("", "", "")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process on this host (one owned by another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(stage_dir: Path) -> list[Path]:
+    """Remove the publish temp dirs in ``stage_dir`` whose owner on this host has died; return them.
+
+    Temp dirs of live processes, of other hosts (their pids cannot be checked from here) and of
+    unknown owners are left alone: they are never trusted anyway.
+    """
+    host = owner_tag().rpartition("-")[0]
+    removed = []
+    for path in sorted(Path(stage_dir).glob(f".*{TEMP_SUFFIX}")):
+        owner = temp_owner(path.name)
+        if owner is not None and owner[0] == host and not process_alive(owner[1]):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class CacheEntry:
     """One cache directory ``root/stage/key`` with a verified ``meta.json``."""
 
@@ -79,8 +127,9 @@ class CacheEntry:
                 raise CacheError(f"{path}: content hash differs from meta.json (truncated or edited)")
         return meta
 
-    def load_meta(self) -> dict | None:
-        """Verified metadata, or None when the entry is absent or corrupt (a corrupt one is removed)."""
+    def load_meta(self, rebuild: str = "rebuilding it") -> dict | None:
+        """Verified metadata, or None when the entry is absent or corrupt (a corrupt one is removed and
+        one warning line says what was wrong and ``rebuild``, what happens instead)."""
         if not self.exists():
             return None
         try:
@@ -88,14 +137,15 @@ class CacheEntry:
         except CacheError as err:
             from neulig.utils.log import log
 
-            log.warning(f"cache entry rejected, rebuilding: {err}")
+            log.warning(f"cache entry rejected: {err}; {rebuild}")
             shutil.rmtree(self.dir, ignore_errors=True)
             return None
 
     def publish(self, write: Callable[[Path], dict]) -> dict:
         """Build the entry in a temp dir with ``write(tmpdir) -> meta`` and rename it into place."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.key}.", suffix=".tmp"))
+        remove_stale_temps(self.dir.parent)  # what killed runs left behind
+        tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.key}.{owner_tag()}.", suffix=TEMP_SUFFIX))
         try:
             meta = dict(write(tmp))
             meta["files"] = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
