@@ -53,6 +53,11 @@ def preflight(cfg: dict) -> None:
     if k is not None and not 2 <= int(k) <= n:
         fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
     data = cfg["data"]
+    from neulig.data.registry import empty_split_message
+
+    message = empty_split_message(data.get("sizes"))
+    if message:
+        fail(message)
     if not data.get("download", False):
         from neulig.data.real import REAL_SPECS, missing_message
 

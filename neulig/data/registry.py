@@ -117,6 +117,26 @@ def available() -> list[str]:
     return sorted(set(BUILDERS) | set(REAL_SPECS))
 
 
+SPLITS = ("train", "val", "test")
+
+
+def empty_split_message(sizes: dict | None) -> str | None:
+    """The one-line error for a ``data.sizes`` entry that would leave every dataset's split empty."""
+    for split in SPLITS:
+        n = (sizes or {}).get(split)
+        if n is not None and int(n) < 1:
+            return f"data.sizes.{split}={n} leaves every dataset without {split} images; set it to 1 or more"
+    return None
+
+
+def check_not_empty(dataset: LoadedDataset) -> LoadedDataset:
+    """``dataset`` itself, or a one-line error naming its first empty split."""
+    for split in SPLITS:
+        if len(getattr(dataset, split)) == 0:
+            raise NeuligError(f"dataset {dataset.name!r} has no {split} images; check its files or data.sizes.{split}")
+    return dataset
+
+
 def load_dataset(
     name: str, sizes: dict | None, image_size: int, seed: int = 0, native_size: int = 32,
     data_dir: str = "data", download: bool = False, cache_dir: str | None = None,
@@ -126,8 +146,11 @@ def load_dataset(
     Real datasets are read from ``<data_dir>/<name>`` (``download`` lets torchvision fetch them) and
     accept ``sizes=None`` for the full splits; generated datasets need every size.
     """
+    message = empty_split_message(sizes)
+    if message:
+        raise NeuligError(message)
     if name in REAL_SPECS:
-        return load_real_dataset(name, data_dir, image_size, seed=seed, download=download, sizes=sizes)
+        return check_not_empty(load_real_dataset(name, data_dir, image_size, seed=seed, download=download, sizes=sizes))
     if name not in BUILDERS:
         raise NeuligError(f"unknown dataset {name!r}; available: {', '.join(available())}")
     if not sizes or any(sizes.get(k) is None for k in ("train", "val", "test")):
@@ -146,4 +169,4 @@ def load_dataset(
             "test": order[n_train + n_val : n_train + n_val + n_test]}
     splits = {k: TensorImages(images[idx], labels[idx], image_size) for k, idx in cuts.items()}
     note = f"seeded permutation (seed {seed}) of {len(labels)} images into {n_train}/{n_val}/{n_test}"
-    return LoadedDataset(SPECS[name], splits["train"], splits["val"], splits["test"], note)
+    return check_not_empty(LoadedDataset(SPECS[name], splits["train"], splits["val"], splits["test"], note))

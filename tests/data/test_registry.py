@@ -78,3 +78,20 @@ def test_scale_one_keeps_the_procedural_images():
     assert torch.equal(a, b)
     big, labels = proc.make_textures(4, 3, size=96, scale=3.0)
     assert big.shape == (4, 3, 96, 96) and labels.tolist() == proc.make_textures(4, 3, size=32)[1].tolist()
+
+
+def test_an_empty_split_is_a_one_line_error():
+    from neulig.data.base import LoadedDataset, TensorImages
+    from neulig.data.registry import check_not_empty, empty_split_message
+
+    assert empty_split_message(SMALL) is None and empty_split_message({"train": None}) is None
+    assert empty_split_message({**SMALL, "test": 0}) == (
+        "data.sizes.test=0 leaves every dataset without test images; set it to 1 or more")
+    with pytest.raises(NeuligError, match="data.sizes.train=0"):
+        load_dataset("digits", {**SMALL, "train": 0}, 32)
+    split = TensorImages(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), 32)
+    empty = TensorImages(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), 32)
+    full = LoadedDataset(SPECS["gtsrb"], split, split, split, "")
+    assert check_not_empty(full) is full
+    with pytest.raises(NeuligError, match="dataset 'gtsrb' has no val images; check its files or data.sizes.val"):
+        check_not_empty(LoadedDataset(SPECS["gtsrb"], split, empty, split, ""))
