@@ -90,6 +90,7 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
     combos = combinations(names, data_cfg.get("num_co_models"))
     device = choose_device(cfg["trainer"])
 
+    given = stages.user_experts(model_cfg, names)  # checked before any training
     origin_of = expert_origins(model_cfg, names)
     backbones = {o: stages.load_backbone(origin_config(model_cfg, o), cfg["paths"]["weights_dir"], cache_dir)
                  for o in dict.fromkeys(origin_of.values())}
@@ -107,7 +108,7 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
                                            data_cfg, cache_dir, device) for d in names}
     experts, expert_keys = {}, {}
     for d in names:
-        experts[d], expert_keys[d] = stages.finetune_expert(
+        experts[d], expert_keys[d] = given[d] if d in given else stages.finetune_expert(
             backbones[origin_of[d]], datasets[d], heads[d], data_cfg, model_cfg["finetune"], cfg["trainer"],
             cfg["seed"], cache_dir, callbacks)
     timings = {"experts_ready_s": time.time() - start}

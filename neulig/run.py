@@ -54,8 +54,9 @@ def preflight(cfg: dict) -> None:
         fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
     data = cfg["data"]
     from neulig.data.registry import empty_split_message
+    from neulig.models.experts import preflight_message
 
-    message = empty_split_message(data.get("sizes"))
+    message = empty_split_message(data.get("sizes")) or preflight_message(model.get("experts"), data["datasets"])
     if message:
         fail(message)
     if not data.get("download", False):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +42,57 @@ class Backbone:
         return int(self.clip.visual.output_dim)
 
 
+@contextmanager
+def _quiet_open_clip():
+    """open_clip warns "No pretrained weights loaded" (on the root logger) for every random init."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _quiet_create(arch: str, weights: Path | None, seed: int) -> nn.Module:
     from neulig.models.backbone import create_clip
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # open_clip warns "No pretrained weights loaded" for every random init
-    try:
+    with _quiet_open_clip():
         return create_clip(arch, weights, seed)
-    finally:
-        root.setLevel(level)
+
+
+def encoder_layout(arch: str) -> StateDict:
+    """The image encoder's state dict of ``arch`` as meta tensors: keys, shapes and dtypes, built in
+    milliseconds without memory or initialisation (to check a checkpoint before anything runs)."""
+    import open_clip
+
+    from neulig.models.backbone import register_shipped_configs
+
+    register_shipped_configs()
+    with _quiet_open_clip(), torch.device("meta"):
+        return open_clip.create_model(arch, device="meta").visual.state_dict()
+
+
+def user_experts(model_cfg: dict, names: list[str]) -> dict[str, tuple[StateDict, str]]:
+    """The experts given as files in ``model.experts``: {dataset: (checked state dict, cache key)}.
+
+    The key is derived from the file's SHA-256 only, so its cached features follow the file's content.
+    """
+    from neulig.models.experts import expert_files, load_expert_file, missing_file_message
+    from neulig.utils.cache import file_sha256
+
+    files = expert_files(model_cfg.get("experts"), names)
+    message = missing_file_message(files)
+    if message:
+        raise NeuligError(message)
+    layout = encoder_layout(model_cfg["arch"]) if files else {}
+    out = {}
+    for name, path in files.items():
+        state = load_expert_file(path, layout, model_cfg["arch"], name)
+        digest = file_sha256(path)
+        log.info(f"expert for {name}: {path} (sha256 {digest[:12]}), not fine-tuned")
+        out[name] = (state, config_hash("expert-file", digest))
+    return out
 
 
 def load_backbone(model_cfg: dict, weights_dir: str, cache_dir: Path) -> Backbone:
