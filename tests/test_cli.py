@@ -28,7 +28,7 @@ def test_unknown_merge_lists_the_methods():
 def test_unknown_option_in_any_group():
     for group in ("model", "data", "trainer", "logger"):
         proc = run_cli(f"{group}=nosuch")
-        assert proc.returncode == 2 and f"unknown {group} 'nosuch'" in proc.stderr
+        assert proc.returncode == 2 and len(error_lines(proc)) == 1 and f"unknown {group} 'nosuch'" in proc.stderr
 
 
 def test_missing_pretrained_weights_name_the_expected_file(tmp_path):
@@ -43,6 +43,8 @@ def test_missing_pretrained_weights_name_the_expected_file(tmp_path):
 def test_num_co_models_out_of_range(tmp_path):
     proc = run_cli("data.num_co_models=9", f"paths.root_dir={tmp_path}")
     assert proc.returncode == 2 and "num_co_models=9 is out of range" in proc.stderr
+    assert len(error_lines(proc)) == 1, proc.stderr
+    assert not (tmp_path / "outputs" / "cache").exists()
 
 
 def test_missing_real_dataset_is_one_line_before_any_work(tmp_path):
