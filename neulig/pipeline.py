@@ -74,6 +74,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")  # trainer=cpu is a choice
 
 
 def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:

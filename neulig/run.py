@@ -68,6 +68,13 @@ def preflight(cfg: dict) -> None:
                 fail(missing_message(name.lower(), root / name.lower(), False))
     if cfg["merge"].get("kind") not in ("static", "trained", "ensemble"):
         fail(f"merge.kind must be static, trained or ensemble, got {cfg['merge'].get('kind')!r}")
+    from neulig.errors import NeuligError
+    from neulig.utils.progress import progress_mode
+
+    try:
+        progress_mode(cfg.get("progress", "auto"))
+    except NeuligError as err:
+        fail(str(err))
 
 
 def run_name(cfg: dict) -> str:
@@ -99,8 +106,11 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
                 "merge.kind": cfg["merge"]["kind"]}
         reporter = MLflowReporter(cfg["logger"]["tracking_uri"], cfg["logger"]["experiment_name"], run_name(cfg), tags)
         reporter.open()
+    from neulig.callbacks.progress import progress_callbacks
+
     try:
-        results = run_experiment(cfg, callbacks=[reporter] if reporter else [])
+        results = run_experiment(cfg, callbacks=[*([reporter] if reporter else []),
+                                                 *progress_callbacks(cfg.get("progress", "auto"))])
     except BaseException:
         if reporter:
             reporter.fail()
@@ -131,11 +141,43 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
                 reporter.log_child("+".join(combo["datasets"]), {"datasets": combo["datasets"]}, contract_metrics(child))
         reporter.finish(cfg, metrics, list(files.values()))
     print(f"\n{run_name(cfg)}  (accuracy %, gap = |Ens. - Mer.|)\n{table}\n")
-    print(f"results: {files['results.json']}")
-    if reporter:
-        print(f"MLflow: run {run_name(cfg)} in experiment {cfg['logger']['experiment_name']!r} at "
-              f"{cfg['logger']['tracking_uri']}; view with `make ui`")
+    print("\n".join(summary_lines(run_name(cfg), run_dir, list(files), cfg["logger"])))
     return record
+
+
+def ui_command(tracking_uri: str, cwd: Path | None = None) -> str:
+    """The command that shows ``tracking_uri`` in the MLflow UI: ``make ui`` for the project's store
+    (``make -C <repo> ui`` from elsewhere), ``mlflow ui`` on any other local store, the URL of a server."""
+    repo = CONF_DIR.parent
+    cwd = Path.cwd() if cwd is None else cwd
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    if tracking_uri.startswith("sqlite:///"):
+        db = (cwd / tracking_uri[len("sqlite:///"):]).resolve()
+        if db == (repo / "outputs" / "mlflow.db").resolve():
+            return "make ui" if cwd.resolve() == repo.resolve() else f"make -C {repo} ui"
+        return f"mlflow ui --backend-store-uri sqlite:///{db}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def file_list(files: list[str]) -> str:
+    """``a, b, merged_task/ (4 files)``: the top-level names, then each folder once with its count."""
+    folders: dict[str, int] = {}
+    for name in files:
+        if "/" in name:
+            folders[name.split("/")[0]] = folders.get(name.split("/")[0], 0) + 1
+    return ", ".join([n for n in files if "/" not in n] + [f"{d}/ ({k} files)" for d, k in folders.items()])
+
+
+def summary_lines(name: str, run_dir: Path, files: list[str], logger_cfg: dict) -> list[str]:
+    """The closing lines of a run: its name, its directory and files, and where MLflow holds it."""
+    lines = [f"run:     {name}", f"files:   {run_dir.resolve()}/  ({file_list(files)})"]
+    if logger_cfg.get("enabled", False):
+        lines.append(f"MLflow:  experiment {logger_cfg['experiment_name']!r} in {logger_cfg['tracking_uri']}")
+        lines.append(f"view:    {ui_command(logger_cfg['tracking_uri'])}")
+    else:
+        lines.append("MLflow:  off (logger=none)")
+    return lines
 
 
 def git_commit() -> str:

@@ -14,15 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PORTLAND_TINY, REPO, TINY_OVERRIDES
+from tests.output_checks import bar_lines, warning_lines
 
 
 def run_cli(root: Path, *extra: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NEULIG_RUN_DIR", None)
+    env.pop("PYTHONWARNINGS", None)  # as a user runs it (the Makefile silences FutureWarning)
     args = [*TINY_OVERRIDES, *PORTLAND_TINY, "logger=none", f"paths.root_dir={root}", *extra]
     proc = subprocess.run([sys.executable, "-m", "neulig.run", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a normal run (pretraining, fine-tuning, Portland; DDP too) prints no warning and no progress bar
+    assert not warning_lines(proc.stderr) and not bar_lines(proc.stderr), proc.stderr
     runs = sorted((root / "outputs" / "runs").iterdir())
     return json.loads((runs[-1] / "results.json").read_text())["metrics"]
 

@@ -4,16 +4,19 @@ import subprocess
 import sys
 
 from tests.conftest import REPO, TINY_OVERRIDES
+from tests.output_checks import warning_lines
 
 
 def test_joblib_sweep_two_methods_on_a_fresh_store(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NEULIG_RUN_DIR", None)
+    env.pop("PYTHONWARNINGS", None)  # as a user runs it (the Makefile silences FutureWarning)
     proc = subprocess.run([sys.executable, "-m", "neulig.run", "-m", "hydra/launcher=joblib", "merge=average,task_arithmetic",
                            f"paths.root_dir={tmp_path}", *TINY_OVERRIDES], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "error" not in proc.stderr.lower(), proc.stderr[-3000:]
+    assert not warning_lines(proc.stderr), proc.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/outputs/mlflow.db")
