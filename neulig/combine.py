@@ -180,6 +180,7 @@ def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level:
         out["beta_own_expert"][d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
     out["merged"] = dict(out["merged_batch"])
     out["global_beta"] = global_beta.tolist()
+    out["task_beta"] = {d: val_betas[d].mean(0).tolist() for d in combo.names}  # merged_task's coefficients
     return out
 
 

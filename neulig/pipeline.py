@@ -148,14 +148,14 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
             runner = combine.resolve(merge_cfg.get("runner", "neulig.combine.run_portland"))
             result, history = runner(combo, merge_cfg, cfg["trainer"], level, cfg["seed"], callbacks)
         combo_results.append({"datasets": list(combo_names), "result": result, "history": history,
-                              "merged_state": merged_state})
+                              "merged_state": merged_state, "experts": combo.experts})
     timings["combination_done_s"] = time.time() - start
     log.info(f"{merge_cfg['name']} done ({timings['combination_done_s']:.1f} s)")
     per_kind = aggregate(combo_results, names)
     metrics = contract_metrics({**reference, **per_kind})
     timings["total_s"] = time.time() - start
     return {"metrics": metrics, "combos": combo_results, "timings": timings, "names": names,
-            "expert_keys": expert_keys, "backbone_key": backbone.key}
+            "expert_keys": expert_keys, "backbone_key": backbone.key, "backbone": backbone}
 
 
 ACC_KINDS = ("merged", "ensembled", "merged_batch", "merged_task", "merged_global", "val_merged")

@@ -125,13 +125,16 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
     files = write_run_files(run_dir, config_yaml, record, table)
     from neulig.plots import run_scatter  # this run's (merged avg, ensembled avg) point, as the paper's Fig. 3
     files["scatter.png"] = run_scatter(run_dir, cfg["merge"]["name"], metrics, title=run_name(cfg))
-    if cfg.get("save_merged") and results["combos"][0]["merged_state"] is not None:
-        from neulig.models.checkpoints import save_state
+    if cfg.get("save_merged"):  # open_clip checkpoints: the backbone's text tower + the merged image encoder
+        from neulig.models.export import save_merged
 
-        tmp = run_dir / ".merged.safetensors.tmp"
-        save_state(tmp, results["combos"][0]["merged_state"])
-        tmp.replace(run_dir / "merged.safetensors")
-        files["merged.safetensors"] = run_dir / "merged.safetensors"
+        backbone = results["backbone"]
+        written = save_merged(run_dir, results["combos"], backbone.clip, backbone.arch)
+        if not written:
+            from neulig.utils.log import log
+
+            log.info(f"save_merged: merge={cfg['merge']['name']} defines no static merged weights; nothing written")
+        files.update(written)
     if reporter:
         if len(results["combos"]) > 1:  # one nested run per combination, the parent holds the means
             from neulig.pipeline import contract_metrics
@@ -139,7 +142,7 @@ def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
             for combo in results["combos"]:
                 child = {k: v for k, v in combo["result"].items() if isinstance(v, dict) and k.startswith(("merged", "ensembled"))}
                 reporter.log_child("+".join(combo["datasets"]), {"datasets": combo["datasets"]}, contract_metrics(child))
-        reporter.finish(cfg, metrics, list(files.values()))
+        reporter.finish(cfg, metrics, list(files.values()), root=run_dir)
     print(f"\n{run_name(cfg)}  (accuracy %, gap = |Ens. - Mer.|)\n{table}\n")
     print("\n".join(summary_lines(run_name(cfg), run_dir, list(files), cfg["logger"])))
     return record

@@ -26,6 +26,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def artifact_folder(path: Path, root: Path | None) -> str | None:
+    """The artifact folder of ``path``: its parent relative to ``root``, or None (the top level)."""
+    if root is None or not path.parent.is_relative_to(root) or path.parent == root:
+        return None
+    return path.parent.relative_to(root).as_posix()
+
+
 class MLflowReporter(L.Callback):
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str, tags: dict[str, str] | None = None):
         self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
@@ -108,7 +115,9 @@ class MLflowReporter(L.Callback):
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
-    def finish(self, params: dict, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED") -> None:
+    def finish(self, params: dict, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED",
+               root: Path | None = None) -> None:
+        """Log params, metrics and ``artifacts`` (files under ``root`` keep their folder inside it), then close."""
         from mlflow.entities import Metric, Param
         import time
 
@@ -122,7 +131,7 @@ class MLflowReporter(L.Callback):
         for i in range(0, len(pairs), 500):
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in pairs[i : i + 500]])
         for path in artifacts:
-            self.client.log_artifact(self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path), artifact_folder(Path(path), root))
         self.client.set_terminated(self.run_id, status)
 
     def log_child(self, name: str, params: dict, metrics: dict[str, float]) -> None:

@@ -10,8 +10,9 @@ from neulig.errors import NeuligError
 from neulig.merging.state_dict import StateDict
 
 
-def save_state(path: Path, state: StateDict) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+def save_state(path: Path, state: StateDict, metadata: dict[str, str] | None = None) -> None:
+    """Write ``state`` as safetensors (``metadata``: strings stored in the file's header)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata=metadata)
 
 
 def load_state(path: Path, reference: StateDict | None = None) -> StateDict:
