@@ -5,6 +5,8 @@
 (b) reference-style (paper.md Appendix A, §3.12): every training batch goes through all T frozen
     experts at every step (no_grad, eval mode), then Portland, L_b + L_a / scaling, one Adam step;
     validation features are re-encoded too at every evaluation.
+Both train on the clean train features only (as ``merge.views=0``; the augmented views that
+``run_portland`` adds by default would be re-encoded crops here, the same data either way).
 Both run the same number of global epochs from the same Portland initialisation, with the same
 seeded batch order (the module's ``randperm`` per epoch), the same loss and the same evaluation
 schedule; the math is identical apart from float noise, so their final validation ensembled

@@ -184,6 +184,16 @@ def evaluate_portland(combo: Combo, portland: nn.Module, merge_cfg: dict, level:
     return out
 
 
+def training_features(combo: Combo, name: str) -> tuple[Tensor, Tensor]:
+    """Portland's training set on dataset ``name``: the clean train features [N, T, d] followed by
+    the augmented views' features (``merge.views``, view-major) when they were computed, with labels."""
+    features, labels = combo.features[name]["train"], combo.labels(name, "train")
+    views = combo.features[name].get("train_views")
+    if views is None:
+        return features, labels
+    return torch.cat([features, views]), labels.repeat(1 + len(views) // len(labels))
+
+
 def build_portland_module(combo: Combo, merge_cfg: dict, seed: int):
     """The PortlandModule of ``merge_cfg`` on the combination's cached features (call after seeding)."""
     from neulig.lit.portland import PortlandModule
@@ -191,7 +201,7 @@ def build_portland_module(combo: Combo, merge_cfg: dict, seed: int):
 
     eps_star, gram = offset_statistics(flatten_for_offsets(combo.experts, merge_cfg.get("offsets_over", "all")))
     return PortlandModule(
-        train_sets={d: (combo.features[d]["train"], combo.labels(d, "train")) for d in combo.names},
+        train_sets={d: training_features(combo, d) for d in combo.names},
         val_sets={d: (combo.features[d]["val"], combo.labels(d, "val")) for d in combo.names},
         head_weights=combo.heads, feature_dim=combo.features[combo.names[0]]["train"].shape[-1],
         alignment=merge_cfg["alignment"], scaling=merge_cfg["scaling"], regularizer=merge_cfg["regularizer"],

@@ -118,10 +118,15 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
 
     scratch = copy.deepcopy(backbone.visual)
     feats: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # feats[expert][dataset][split]
+    views = int(merge_cfg.get("views") or 0)  # augmented views of the train split (Portland)
     for e in names:
         scratch.load_state_dict(experts[e])
         feats[e] = {d: stages.expert_features(scratch, expert_keys[e], datasets[d], data_cfg, cache_dir, device)
                     for d in names}
+        for d in names if views else ():
+            feats[e][d]["train_views"] = stages.view_features(
+                scratch, expert_keys[e], datasets[d], data_cfg, views, merge_cfg["view_scale"], cfg["seed"],
+                cache_dir, device)
     reference = {
         "pretrained": {d: feature_accuracy(pre_feats[d]["test"], datasets[d].test.labels, heads[d]) for d in names},
         "finetuned": {d: feature_accuracy(feats[d][d]["test"], datasets[d].test.labels, heads[d]) for d in names},
@@ -134,7 +139,7 @@ def run_experiment(cfg: dict, callbacks: list | None = None) -> dict:
         combo = combine.Combo(
             names=list(combo_names), datasets={d: datasets[d] for d in combo_names}, heads=heads, base=base,
             experts=[experts[e] for e in combo_names],
-            features={d: {s: torch.stack([feats[e][d][s] for e in combo_names], 1) for s in ("train", "val", "test")}
+            features={d: {s: torch.stack([feats[e][d][s] for e in combo_names], 1) for s in feats[combo_names[0]][d]}
                       for d in combo_names},
             visual=backbone.visual, device=device, eval_batch_size=cfg["eval"]["batch_size"])
         kind = merge_cfg["kind"]

@@ -235,3 +235,43 @@ def expert_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, 
         feats = {split: encode(encoder, getattr(dataset, split), batch_size, device) for split in ("train", "val", "test")}
         entry.publish(lambda tmp: (save_state(tmp / "features.safetensors", feats), {"stage": "features"})[1])
     return load_state(entry.dir / "features.safetensors")
+
+
+def view_generator(seed: int, dataset_name: str, view: int) -> torch.Generator:
+    """The crop generator of one augmented view: seeded by (seed, dataset, view) and never by the
+    expert, so every expert encodes exactly the same crops and their features stay aligned."""
+    return torch.Generator().manual_seed(int(config_hash("view", seed, dataset_name, view), 16) % (2**63))
+
+
+@torch.no_grad()
+def encode_views(encoder: nn.Module, dataset, dataset_name: str, views: int, scale: tuple[float, float], seed: int,
+                 batch_size: int, device: torch.device) -> Tensor:
+    """Features [views * N, d] of ``views`` random resized crops of every image of ``dataset``
+    (view-major: rows v*N .. (v+1)*N - 1 are view v of images 0 .. N-1). Each view's boxes are drawn
+    for the whole split at once, so they depend on neither the expert nor the batch size."""
+    from neulig.data.augment import crop_boxes, resized_crop
+
+    encoder = encoder.to(device).eval()
+    out = []
+    for view in range(views):
+        boxes = None
+        for x, _ in loader(dataset, batch_size):
+            if boxes is None:
+                boxes = iter(crop_boxes(len(dataset), x.shape[-1], scale, (3 / 4, 4 / 3),
+                                        view_generator(seed, dataset_name, view)).split(batch_size))
+            out.append(encoder(resized_crop(x.to(device), next(boxes))).float().cpu())
+    return torch.cat(out)
+
+
+def view_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_cfg: dict, views: int,
+                  scale: tuple[float, float], seed: int, cache_dir: Path, device: torch.device,
+                  batch_size: int = 256) -> Tensor:
+    """Cached features of ``views`` augmented views of the train split (``encode_views``)."""
+    scale = (float(scale[0]), float(scale[1]))
+    entry = CacheEntry(cache_dir, "features", config_hash("views", owner_key, dataset_key(dataset, data_cfg),
+                                                          views, scale, seed))
+    if entry.load_meta() is None:
+        feats = encode_views(encoder, dataset.train, dataset.name, views, scale, seed, batch_size, device)
+        entry.publish(lambda tmp: (save_state(tmp / "views.safetensors", {"train": feats}),
+                                   {"stage": "features", "views": views, "scale": list(scale)})[1])
+    return load_state(entry.dir / "views.safetensors")["train"]
