@@ -3,7 +3,10 @@
 Variants (same encoder, random weights, a frozen random zero-shot head, synthetic inputs already on
 the device, so that only the training step is timed):
   plain_fp32          the reference recipe as a plain loop: fp32, AdamW (decay / no-decay groups),
-                      warm-up + cosine LambdaLR, cross-entropy, grad-norm clipping 1.0;
+                      warm-up + cosine LambdaLR, cross-entropy, grad-norm clipping 1.0; with torch's
+                      defaults, which let cuDNN run fp32 convolutions in TF32;
+  plain_fp32_strict   the same loop with TF32 off for convolutions and matmuls (true fp32 arithmetic);
+                      on an H100 RN50 it is the slower and therefore the more flattering baseline;
   plain_bf16_compile  the same loop under bf16 autocast with torch.compile of the whole classifier
                       (channels-last when the model's knob says so): what a hand-tuned loop reaches;
   neulig              ``FinetuneModule`` fitted by a Lightning Trainer with the ``trainer=gpu``
@@ -36,7 +39,7 @@ from torch import nn  # noqa: E402
 
 TARGETS = {"vit_b32": 2.9, "rn50": 4.8}
 BATCH = {"vit_l14": 64}
-VARIANTS = ("plain_fp32", "plain_bf16_compile", "neulig")
+VARIANTS = ("plain_fp32", "plain_fp32_strict", "plain_bf16_compile", "neulig")
 
 
 def knobs(model: str) -> dict:
@@ -66,6 +69,19 @@ def adamw(encoder: nn.Module, lr: float, weight_decay: float) -> torch.optim.Opt
     no_decay = [p for p in encoder.parameters() if p.requires_grad and p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+class strict_fp32:
+    """Context: no TF32 in cuDNN convolutions or CUDA matmuls (restored on exit)."""
+
+    def __enter__(self):
+        self.saved = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+
+    def __exit__(self, *exc):
+        torch.backends.cudnn.allow_tf32 = self.saved[0]
+        torch.set_float32_matmul_precision(self.saved[1])
 
 
 def run_plain(visual, head, x, y, k: dict, warmup: int, steps: int, device, fast: bool) -> float:
@@ -203,8 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "neulig":
             seconds[name] = run_neulig(visual, head, x, y, k, args.warmup, args.steps, device, k["compile"],
                                        k["channels_last"])
+        elif name == "plain_fp32_strict":
+            with strict_fp32():
+                seconds[name] = run_plain(visual, head, x, y, k, args.warmup, args.steps, device, fast=False)
         else:
-            seconds[name] = run_plain(visual, head, x, y, k, args.warmup, args.steps, device, fast=name != "plain_fp32")
+            seconds[name] = run_plain(visual, head, x, y, k, args.warmup, args.steps, device,
+                                      fast=name == "plain_bf16_compile")
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -218,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         if name != "plain_fp32":
             target = TARGETS.get(args.model) if name == "neulig" and device.type == "cuda" else None
             print(f"RATIO {name}/plain_fp32 images/s: {r:.2f}x" + (f" ({C.verdict(r, target, False)})" if target else ""))
+    if "neulig" in seconds and "plain_fp32_strict" in seconds:
+        print(f"RATIO neulig/plain_fp32_strict images/s: {seconds['plain_fp32_strict'] / seconds['neulig']:.2f}x")
     if "neulig" in seconds and "plain_bf16_compile" in seconds:
         print(f"neulig / plain_bf16_compile images/s: {seconds['plain_bf16_compile'] / seconds['neulig']:.2f}")
     return {"model": args.model, "device": str(device), "batch": batch, "seconds_per_step": seconds,
