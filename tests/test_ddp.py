@@ -7,6 +7,7 @@ under DDP shards each global batch across ranks with a different sampler, so it 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ def run_cli(root: Path, *extra: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     # a normal run (pretraining, fine-tuning, Portland; DDP too) prints no warning and no progress bar
     assert not warning_lines(proc.stderr) and not bar_lines(proc.stderr), proc.stderr
+    logged = [re.sub(r"\(.*\)$", "", line) for line in proc.stderr.splitlines() if line.startswith("[neulig]")]
+    assert logged and len(logged) == len(set(logged)), proc.stderr  # a DDP child does not repeat rank 0's log
     runs = sorted((root / "outputs" / "runs").iterdir())
     return json.loads((runs[-1] / "results.json").read_text())["metrics"]
 

@@ -9,7 +9,8 @@ if not log.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("[neulig] %(message)s"))
     log.addHandler(_handler)
-    log.setLevel(logging.INFO)
+    # a DDP child (LOCAL_RANK > 0) repeats rank 0's stages: only its warnings are news
+    log.setLevel(logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING)
     log.propagate = False
 
 
