@@ -199,7 +199,13 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
                             channels_last=ft_cfg.get("channels_last", False))
     start = time.time()
     log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
-    trainer.fit(module, train_loader, loader(dataset.val, 256))
+    try:
+        trainer.fit(module, train_loader, loader(dataset.val, 256))
+    except RuntimeError as err:  # e.g. an lr beyond float range makes AdamW's update overflow
+        if "overflow" not in str(err):
+            raise
+        raise NeuligError(f"fine-tuning on {dataset.name} overflowed ({err}); lower model.finetune.lr "
+                          f"(now {ft_cfg['lr']})") from err
     state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}  # NCHW if channels_last
     if trainer.global_rank == 0:
         meta = {"stage": "experts", "dataset": dataset.name, "epochs": epochs, "steps": total_steps,
