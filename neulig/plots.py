@@ -11,9 +11,9 @@ backend change), so importing this module costs nothing and it works headless.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from neulig.utils.cache import atomic_file
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H")
 
@@ -61,16 +61,8 @@ def scatter_png(points: list[dict], path: str | Path, title: str | None = None) 
     ax.grid(True, linewidth=0.3, alpha=0.5)
     ax.legend(fontsize=7, loc="best", framealpha=0.8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

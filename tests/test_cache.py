@@ -98,3 +98,18 @@ def test_temp_dirs_of_live_or_foreign_owners_are_kept(tmp_path):
     assert temp_owner(unknown.name) is None
     assert remove_stale_temps(stage) == []
     assert mine.exists() and other_host.exists() and unknown.exists()
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    from neulig.utils.cache import atomic_file
+
+    target = tmp_path / "sub" / "merged.safetensors"
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"first"  # the old file is untouched
+    assert [p.name for p in target.parent.iterdir()] == ["merged.safetensors"]  # no temp left

@@ -49,15 +49,10 @@ def clip_state(backbone_state: StateDict, visual_state: StateDict) -> StateDict:
 def save_clip(path: Path, state: StateDict, arch: str) -> Path:
     """Write ``state`` as safetensors at ``path`` via a temporary name (no half-written file is left)."""
     from neulig.models.checkpoints import save_state
+    from neulig.utils.cache import atomic_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         save_state(tmp, state, metadata={ARCH_KEY: arch})
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

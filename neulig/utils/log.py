@@ -4,13 +4,18 @@ from __future__ import annotations
 import logging
 import os
 
+
+def is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 log = logging.getLogger("neulig")
 if not log.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("[neulig] %(message)s"))
     log.addHandler(_handler)
-    # a DDP child (LOCAL_RANK > 0) repeats rank 0's stages: only its warnings are news
-    log.setLevel(logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING)
+    # a DDP child repeats rank 0's stages: only its warnings are news
+    log.setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
     log.propagate = False
 
 
@@ -26,6 +31,3 @@ def quiet_lightning() -> None:
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
-
-def is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
