@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help venv run test test-full ui clean
+.PHONY: help venv run test test-full lint ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +21,9 @@ run: $(STAMP)  ## run the embedded default experiment (Portland on the tiny back
 
 test: $(STAMP)  ## run the default test suite (no slow or GPU tests)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff (configuration in pyproject.toml)
+	$(VENV)/bin/ruff check neulig tests benchmarks hydra_plugins
 
 test-full: $(STAMP)  ## run every test, slow ones included
 	$(PY) -m pytest -q -m 'not gpu'

@@ -18,13 +18,20 @@ import torch  # noqa: E402
 MODELS = {"tiny": "neulig-tiny", "rn50": "RN50", "vit_b32": "ViT-B-32", "vit_l14": "ViT-L-14"}
 
 
-def model_cfg(name: str) -> dict:
-    return {"name": name, "arch": MODELS[name], "pretrained": None}
+def model_cfg(name: str):
+    """The typed model config of conf/model/<name>.yaml, randomly initialised (``pretrained: null``)."""
+    from hydra import compose, initialize_config_dir
+
+    from neulig.config import load, register
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return load(compose("config", overrides=[f"model={name}", "model.pretrained=null"])).model
 
 
 def load_random_backbone(name: str):
     """A randomly initialised backbone through the pipeline's own loader (no weights file, no cache)."""
-    from neulig.stages import load_backbone
+    from neulig.stages.backbone import load_backbone
 
     return load_backbone(model_cfg(name), "weights", REPO / "outputs" / "cache")
 

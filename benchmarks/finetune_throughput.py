@@ -32,7 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -135,8 +134,9 @@ def run_neulig(visual, head, x, y, k: dict, warmup: int, steps: int, device, com
     """Seconds per step of FinetuneModule + Lightning Trainer (timed between two batch-end hooks)."""
     import lightning as L
 
+    from neulig.config.trainer import TrainerConfig
     from neulig.lit.finetune import FinetuneModule
-    from neulig.stages import trainer_kwargs
+    from neulig.lit.trainer import trainer_kwargs
 
     class Clock(L.Callback):
         def __init__(self):
@@ -155,9 +155,9 @@ def run_neulig(visual, head, x, y, k: dict, warmup: int, steps: int, device, com
                             min(k["warmup_steps"], max(1, total // 10)), total, stage_name="finetune/bench",
                             compile=compile_knob, channels_last=channels_last)
     if device.type == "cuda":  # conf/trainer/gpu.yaml
-        trainer_cfg = {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}
+        trainer_cfg = TrainerConfig(accelerator="gpu", devices=1, precision="bf16-mixed")
     else:  # conf/trainer/cpu.yaml
-        trainer_cfg = {"accelerator": "cpu", "devices": 1, "deterministic": False}
+        trainer_cfg = TrainerConfig(accelerator="cpu", devices=1)
     kwargs = trainer_kwargs(trainer_cfg)
     kwargs.update(enable_progress_bar=False, max_steps=total, max_epochs=1, limit_val_batches=0,
                   num_sanity_val_steps=0)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = C.resolve_device(args.device)
-    from neulig.pipeline import quiet_libraries
+    from neulig.utils.log import quiet_libraries
 
     quiet_libraries()
     import warnings

@@ -1,6 +1,6 @@
-"""Per-batch merged inference vs a plain forward of one expert (paper.md §3.5, §3.12, §7.2).
+"""Per-batch merged inference vs a plain forward of one expert (docs/neural_ligand.md §5, §12).
 
-The merged forward of one test batch is what ``combine.portland_merged_batch`` runs: one GEMV
+The merged forward of one test batch is what ``methods.portland.merged_batch_accuracy`` runs: one GEMV
 ``coeffs @ theta`` on the FlatStack of N experts (plus BN pooling for RN50), the result viewed as a
 state dict and run with ``torch.func.functional_call`` of the visual tower on the batch. The plain
 forward is the same visual tower, holding one expert's weights, on the same batch. Experts are
@@ -19,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
@@ -84,11 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
         coeffs = [torch.softmax(torch.randn(n, generator=gen), 0).to(device) for _ in range(8)]
         step = iter(range(10 ** 9))
 
-        def merged_forward():
+        def merged_forward(flat=flat, coeffs=coeffs, step=step):
             state = flat.combine(coeffs[next(step) % len(coeffs)])
             return functional_call(visual, state, (x,))
 
-        def combine_only():
+        def combine_only(flat=flat, coeffs=coeffs, step=step):
             return flat.combine(coeffs[next(step) % len(coeffs)])
 
         with torch.inference_mode():  # plain and merged timed in alternation: fair on a shared machine

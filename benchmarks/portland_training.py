@@ -1,12 +1,12 @@
 """Portland training: neulig's cached expert features vs re-encoding every batch (the reference code).
 
 (a) neulig: ``PortlandModule`` fitted by a Lightning Trainer on the cached, frozen expert features,
-    exactly as ``combine.run_portland`` sets it up (one Lightning step = one global epoch).
-(b) reference-style (paper.md Appendix A, §3.12): every training batch goes through all T frozen
+    exactly as ``methods.portland.run`` sets it up (one Lightning step = one global epoch).
+(b) reference-style (docs/neural_ligand.md §7, §12): every training batch goes through all T frozen
     experts at every step (no_grad, eval mode), then Portland, L_b + L_a / scaling, one Adam step;
     validation features are re-encoded too at every evaluation.
 Both train on the clean train features only (as ``merge.views=0``; the augmented views that
-``run_portland`` adds by default would be re-encoded crops here, the same data either way).
+``methods.portland.run`` adds by default would be re-encoded crops here, the same data either way).
 Both run the same number of global epochs from the same Portland initialisation, with the same
 seeded batch order (the module's ``randperm`` per epoch), the same loss and the same evaluation
 schedule; the math is identical apart from float noise, so their final validation ensembled
@@ -32,64 +32,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import torch  # noqa: E402
 
 TARGET = 100.0
 
 
-def compose(overrides: list[str], root: Path) -> dict:
-    """The CLI's config (Hydra compose API, as tests/conftest.py) as a plain dict."""
+def compose(overrides: list[str], root: Path):
+    """The CLI's typed config (Hydra compose API, as tests/conftest.py)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
 
+    from neulig.config import load, register
+
+    register()
     with initialize_config_dir(config_dir=str(C.REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"paths.root_dir={root}", "logger=none", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+        return load(hydra_compose("config", overrides=[f"paths.root_dir={root}", "logger=none", *overrides]))
 
 
-def build_combo(cfg: dict):
-    """Backbone, datasets, heads, experts and expert features through the pipeline's cached stages
-    (the same calls, in the same order, as ``pipeline.run_experiment``); one combination of all datasets."""
-    from neulig import stages
-    from neulig.combine import Combo
-    from neulig.data.registry import load_dataset
-    from neulig.pipeline import choose_device, quiet_libraries
+def build_combo(config):
+    """One combination of all datasets, through the recipe's own cached stages (``recipe.prepare``)."""
+    from neulig.recipe import prepare
 
-    quiet_libraries()
-    cache_dir = Path(cfg["paths"]["cache_dir"])
-    model_cfg, data_cfg = cfg["model"], cfg["data"]
-    names = [d.lower() for d in data_cfg["datasets"]]
-    device = choose_device(cfg["trainer"])
-    backbone = stages.load_backbone(model_cfg, cfg["paths"]["weights_dir"], cache_dir)
-    datasets = {d: load_dataset(d, data_cfg["sizes"], model_cfg["image_size"], data_cfg.get("split_seed", 0),
-                                data_dir=data_cfg.get("root", cfg["paths"]["data_dir"]),
-                                download=bool(data_cfg.get("download", False)), cache_dir=str(cache_dir))
-                for d in names}
-    heads = {d: stages.load_head(backbone, datasets[d].spec, cache_dir) for d in names}
-    experts, keys = {}, {}
-    for d in names:
-        experts[d], keys[d] = stages.finetune_expert(backbone, datasets[d], heads[d], data_cfg, model_cfg["finetune"],
-                                                     cfg["trainer"], cfg["seed"], cache_dir)
-    scratch = copy.deepcopy(backbone.visual)
-    feats = {}
-    for e in names:
-        scratch.load_state_dict(experts[e])
-        feats[e] = {d: stages.expert_features(scratch, keys[e], datasets[d], data_cfg, cache_dir, device) for d in names}
-    base = {k: v.detach().cpu().clone() for k, v in backbone.visual.state_dict().items()}
-    combo = Combo(names=names, datasets=datasets, heads=heads, base=base, experts=[experts[e] for e in names],
-                  features={d: {s: torch.stack([feats[e][d][s] for e in names], 1) for s in ("train", "val", "test")}
-                            for d in names},
-                  visual=backbone.visual, device=device, eval_batch_size=cfg["eval"]["batch_size"])
-    return combo
+    products = prepare(config)
+    return products.combination(tuple(products.names))
 
 
-def offsets(combo, merge_cfg: dict):
-    from neulig.combine import flatten_for_offsets
+def offsets(combo, merge):
     from neulig.merging.portland import offset_statistics
+    from neulig.methods.portland import flatten_for_offsets
 
-    return offset_statistics(flatten_for_offsets(combo.experts, merge_cfg.get("offsets_over", "all")))
+    return offset_statistics(flatten_for_offsets(combo.experts, merge.offsets_over))
 
 
 def epoch_clock():
@@ -110,25 +82,25 @@ def epoch_clock():
     return EpochClock()
 
 
-def run_cached(combo, cfg: dict, epochs: int) -> dict:
-    """(a) neulig: PortlandModule + Lightning Trainer, set up as ``combine.run_portland`` does."""
+def run_cached(combo, config, epochs: int) -> dict:
+    """(a) neulig: PortlandModule + Lightning Trainer, set up as ``methods.portland.run`` does."""
     import lightning as L
 
-    from neulig.combine import build_portland_module
-    from neulig.stages import trainer_kwargs
+    from neulig.lit.trainer import trainer_kwargs
+    from neulig.methods.portland import build_module
 
-    merge_cfg, seed = cfg["merge"], cfg["seed"]
+    merge, seed = config.merge, config.seed
     start = time.perf_counter()
     L.seed_everything(seed, verbose=False)
-    module = build_portland_module(combo, merge_cfg, seed)
+    module = build_module(combo, merge, seed)
     init = copy.deepcopy(module.portland.state_dict())
-    kwargs = trainer_kwargs(cfg["trainer"])
+    kwargs = trainer_kwargs(config.trainer)
     kwargs.update(max_epochs=epochs, use_distributed_sampler=False, num_sanity_val_steps=0, enable_progress_bar=False)
     clock = epoch_clock()
     trainer = L.Trainer(callbacks=[clock], **kwargs)
     trainer.fit(module)
     wall = time.perf_counter() - start
-    rounds = min(math.ceil(len(combo.labels(d, "train")) / merge_cfg["batch_size"]) for d in combo.names)
+    rounds = min(math.ceil(len(combo.labels(d, "train")) / merge.batch_size) for d in combo.names)
     steps = rounds * len(combo.names)  # optimiser steps per global epoch
     return {"wall_s": wall, "loop_s": sum(clock.times), "epoch_s": clock.times, "init": init,
             "val_acc": module.history[-1]["val/ensembled_avg"], "history": module.history, "steps_per_epoch": steps}
@@ -140,26 +112,25 @@ def encode_batch(experts: list[torch.nn.Module], images: torch.Tensor) -> torch.
     return torch.stack([e(images).float() for e in experts], 1)
 
 
-def run_reference(combo, cfg: dict, epochs: int, init: dict) -> dict:
+def run_reference(combo, config, epochs: int, init: dict) -> dict:
     """(b) the reference's loop: re-encode each batch through all T experts, then one Adam step."""
-    from neulig.merging.portland import Portland, ensemble_features, portland_loss
+    from neulig.merging.portland import Portland, ensemble_features, portland_loss, regularizer_statistic
     from neulig.models.heads import head_logits
 
-    merge_cfg, seed, device = cfg["merge"], cfg["seed"], combo.device
-    batch_size, eval_every = merge_cfg["batch_size"], merge_cfg["eval_every"]
+    merge, seed, device = config.merge, config.seed, combo.device
+    batch_size, eval_every = merge.batch_size, merge.eval_every
     start = time.perf_counter()
-    eps_star, gram = offsets(combo, merge_cfg)
-    exact = merge_cfg["regularizer"] == "exact"
+    statistic = regularizer_statistic(merge.regularizer, *offsets(combo, merge)).to(device)
     experts = []
     for state in combo.experts:
         encoder = copy.deepcopy(combo.visual).to(device).eval()
         encoder.load_state_dict(state)
         experts.append(encoder.requires_grad_(False))
     heads = {d: combo.heads[d].to(device) for d in combo.names}
-    feature_dim = combo.features[combo.names[0]]["train"].shape[-1]
+    feature_dim = combo.features[combo.names[0]].train.shape[-1]
     portland = Portland(len(experts), feature_dim).to(device)
     portland.load_state_dict(init)
-    optimizer = torch.optim.Adam(portland.parameters(), lr=merge_cfg["lr"])
+    optimizer = torch.optim.Adam(portland.parameters(), lr=merge.lr)
 
     @torch.no_grad()
     def validate() -> float:
@@ -186,9 +157,8 @@ def run_reference(combo, cfg: dict, epochs: int, init: dict) -> dict:
                 index = orders[d][r * batch_size : (r + 1) * batch_size]
                 images, labels = combo.datasets[d].train.batch(index)
                 z = encode_batch(experts, images.to(device))
-                loss, _ = portland_loss(portland, z, labels.to(device), heads[d], merge_cfg["alignment"],
-                                        merge_cfg["scaling"], eps_star=None if exact else eps_star.to(device),
-                                        gram=gram.to(device) if exact else None)
+                loss, _ = portland_loss(portland, z, labels.to(device), heads[d], merge.loss, merge.scaling,
+                                        merge.regularizer, statistic)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -215,16 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = compose(args.override, args.root.resolve())
+    config = compose(args.override, args.root.resolve())
     prep = time.perf_counter()
-    combo = build_combo(cfg)
+    combo = build_combo(config)
     prep = time.perf_counter() - prep
     T = len(combo.names)
-    print(f"portland_training: model={cfg['model']['name']}, datasets={','.join(combo.names)} (T={T}), "
-          f"epochs={args.epochs}, batch={cfg['merge']['batch_size']}, device={C.device_name(combo.device)}, "
-          f"trainer={cfg['trainer'].get('name', cfg['trainer'].get('accelerator'))}; stages ready in {prep:.1f} s")
-    a = run_cached(combo, cfg, args.epochs)
-    b = run_reference(combo, cfg, args.epochs, a["init"])
+    print(f"portland_training: model={config.model.name}, datasets={','.join(combo.names)} (T={T}), "
+          f"epochs={args.epochs}, batch={config.merge.batch_size}, device={C.device_name(combo.device)}, "
+          f"trainer={config.trainer.accelerator}; stages ready in {prep:.1f} s")
+    a = run_cached(combo, config, args.epochs)
+    b = run_reference(combo, config, args.epochs, a["init"])
     steps = a["steps_per_epoch"] * args.epochs
     ratio_wall, ratio_loop = b["wall_s"] / a["wall_s"], b["loop_s"] / a["loop_s"]
     diff = abs(a["val_acc"] - b["val_acc"])

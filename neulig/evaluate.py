@@ -34,7 +34,7 @@ def ensemble_logits(stacked: Tensor, head: Tensor, coeffs: Tensor, level: str = 
 @torch.no_grad()
 def merged_features(visual: nn.Module, state: StateDict, dataset, batch_size: int, device: torch.device) -> Tensor:
     """Features of the encoder with weights ``state`` (run through functional_call, no module copy)."""
-    from neulig.stages import loader
+    from neulig.data.loaders import loader
 
     visual = visual.to(device).eval()
     state = {k: v.to(device) for k, v in state.items()}

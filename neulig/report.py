@@ -22,8 +22,7 @@ from pathlib import Path
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 PROG = "python -m neulig.report"
 DASH = "–"
-GRANULARITIES = (("merged_batch", "merged per test batch"), ("merged_task", "one merge per dataset"),
-                 ("merged_global", "one merge for all"))
+KINDS_TAG = "neulig.accuracy_kinds"  # JSON {kind: label} of the extra accuracies a run measured
 
 DESCRIPTION = """\
 Compare neulig runs recorded in MLflow, in the layout of the paper's Table 2.
@@ -51,7 +50,7 @@ examples:
   python -m neulig.report --latest                          newest run per method, backbone and data
   python -m neulig.report --experiment neulig-embedded-tiny --scatter outputs/scatter.png
   python -m neulig.report --filter "tags.backbone = 'tiny'" --format csv > table.csv
-  python -m neulig.report --filter "params.merge.alignment = 'semi'"
+  python -m neulig.report --filter "params.merge.loss = 'semi'"
   python -m neulig.report --tracking-uri http://127.0.0.1:5000   (a running `make ui` server)
 
 filter syntax (MLflow search): compare params.<key>, tags.<key>, metrics.<key> or attributes.<name>
@@ -85,6 +84,7 @@ class Run:
     data: str
     datasets: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # extra accuracies (Portland's granularities): label
 
     @property
     def started(self) -> str:
@@ -104,7 +104,7 @@ class Row:
 # --------------------------------------------------------------------------------------------- store
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:  # noqa: F821
     print(f"neulig.report: error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -217,7 +217,18 @@ def to_run(mlflow_run, experiment: str) -> Run:
                start_time=int(info.start_time or 0), method=method,
                model=params.get("model.name") or tags.get("backbone") or exp_model,
                data=params.get("data.name") or exp_data,
-               datasets=parse_datasets(tags, params, metrics), metrics=metrics)
+               datasets=parse_datasets(tags, params, metrics), metrics=metrics, kinds=parse_kinds(tags))
+
+
+def parse_kinds(tags: dict) -> dict[str, str]:
+    """The run's extra accuracy kinds and their labels, as its MLflow tag records them."""
+    import json
+
+    try:
+        kinds = json.loads(tags.get(KINDS_TAG, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in kinds.items()} if isinstance(kinds, dict) else {}
 
 
 def load_runs(client, experiments: dict[str, str], user_filter: str | None, all_statuses: bool) -> list[Run]:
@@ -303,7 +314,7 @@ def build_tables(runs: list[Run], granularities: bool = False) -> list[Table]:
             for run in mine:
                 rows.append(Row("method", run.method, run, method_cells(run)))
                 if granularities:
-                    for kind, label in GRANULARITIES:
+                    for kind, label in run.kinds.items():
                         if f"acc/{kind}/avg" in run.metrics:
                             rows.append(Row("granularity", f"{run.method}, {label}", run, single_cells(run, kind)))
         tables.append(Table(list(datasets), rows, notes))

@@ -4,148 +4,137 @@
     python -m neulig.run model=vit_b32 merge=portland      # real CLIP (weights in paths.weights_dir)
     python -m neulig.run -m 'merge=glob(*)'                # every method; experts are trained once
 
-Config errors and missing files are answered with one line and exit code 2, before heavy imports.
+compose -> check -> execute -> summary. Every option is declared in ``neulig.config``; a wrong one is
+answered with one line ``neulig: error: <option>=<value>: <what is allowed>`` and exit code 2 before
+any heavy import, cache write or MLflow run (in a sweep, that job alone is skipped).
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "data", "merge", "trainer", "logger", "experiment", "hparams_search")
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion", "-sc")
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
+def fail(message: str) -> NoReturn:
     print(f"neulig: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def check_command_line(argv: list[str]) -> None:
+    """Compose and check the config of a single run before Hydra starts it (a sweep checks each job)."""
+    if any(a in HYDRA_FLAGS or a.startswith(tuple(f"{f}=" for f in HYDRA_FLAGS)) for a in argv):
+        return
+    if any(a in ("-m", "--multirun") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+
+    from neulig.config import load
+    from neulig.config.errors import translate
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            load(compose("config", overrides=overrides))
+    except Exception as err:  # noqa: BLE001 - every composition or check error is one line
+        fail(str(translate(err, overrides)))
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Reject an unknown group option (``merge=nosuch``) in one line, listing the available ones."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key not in GROUPS or value.startswith(("glob(", "choice(", "range(")) or value in ("null", ""):
-            continue
-        options = group_options(key)
-        for option in value.split(","):
-            if option not in options:
-                fail(f"unknown {key} {option!r}; available: {', '.join(options)}")
-
-
-def preflight(cfg: dict) -> None:
-    """Cheap checks that must fail before any import of torch or any training."""
+def preflight(config) -> None:
+    """What must exist before any work: weight files, dataset folders, expert files (one line each)."""
+    from neulig.config.model import SHIPPED_PRETRAINING
+    from neulig.errors import NeuligError
+    from neulig.models.experts import preflight_message
     from neulig.models.weights import missing_weights_message, weights_file
 
-    model = cfg["model"]
-    tag = model.get("pretrained")
-    if tag not in (None, "neulig"):
-        for origin in model.get("origins") or [tag]:
-            if weights_file(cfg["paths"]["weights_dir"], model["arch"], origin) is None:
-                fail(missing_weights_message(model["name"], cfg["paths"]["weights_dir"], model["arch"], origin))
-    k, n = cfg["data"].get("num_co_models"), len(cfg["data"]["datasets"])
-    if k is not None and not 2 <= int(k) <= n:
-        fail(f"data.num_co_models={k} is out of range: choose 2..{n} for the {n} datasets of data={cfg['data']['name']}")
-    data = cfg["data"]
-    from neulig.data.registry import empty_split_message
-    from neulig.models.experts import preflight_message
-
-    message = empty_split_message(data.get("sizes")) or preflight_message(model.get("experts"), data["datasets"])
+    model, data = config.model, config.data
+    if model.pretrained not in (None, SHIPPED_PRETRAINING):
+        for origin in model.origins or [model.pretrained]:
+            if weights_file(config.paths.weights_dir, model.arch, origin) is None:
+                raise NeuligError(missing_weights_message(model.name, config.paths.weights_dir, model.arch, origin))
+    message = preflight_message(model.experts, data.names)
     if message:
-        fail(message)
-    if not data.get("download", False):
-        from neulig.data.real import REAL_SPECS, missing_message
+        raise NeuligError(message)
+    if not data.download:
+        from neulig.data.catalog import real_names
 
-        root = Path(data.get("root") or cfg["paths"]["data_dir"])
-        for name in data["datasets"]:
-            if name.lower() in REAL_SPECS and not (root / name.lower()).is_dir():
-                fail(missing_message(name.lower(), root / name.lower(), False))
-    if cfg["merge"].get("kind") not in ("static", "trained", "ensemble"):
-        fail(f"merge.kind must be static, trained or ensemble, got {cfg['merge'].get('kind')!r}")
-    from neulig.errors import NeuligError
-    from neulig.utils.progress import progress_mode
+        for name in data.names:
+            if name in real_names() and not (Path(data.root) / name).is_dir():
+                from neulig.data.real import missing_message
 
-    try:
-        progress_mode(cfg.get("progress", "auto"))
-    except NeuligError as err:
-        fail(str(err))
+                raise NeuligError(missing_message(name, Path(data.root) / name, False))
 
 
-def run_name(cfg: dict) -> str:
-    """``<merge>-<data>-<model>-s<seed>``, plus ``-k<k>`` when every k-combination is run."""
-    k = cfg["data"].get("num_co_models")
-    suffix = f"-k{k}" if k is not None and int(k) != len(cfg["data"]["datasets"]) else ""
-    return f"{cfg['merge']['name']}-{cfg['data']['name']}-{cfg['model']['name']}-s{cfg['seed']}{suffix}"
-
-
-def execute(cfg: dict, config_yaml: str, run_dir: Path) -> dict:
-    """Run the recipe with MLflow reporting and write the run's files; returns the results dict."""
-    from neulig import __version__
-    from neulig.pipeline import run_experiment
-    from neulig.results import table2, write_run_files
-
+def execute(config, config_yaml: str, run_dir: Path) -> dict:
+    """Run the recipe, write the run's files, record it in MLflow; returns the results.json record."""
+    from neulig.recipe import run_experiment
     from neulig.utils.log import is_rank_zero
 
-    reporter = None
     if not is_rank_zero():  # a DDP child re-runs the recipe for its share of training; rank 0 reports
-        from neulig.pipeline import run_experiment as run_child
-
-        run_child(cfg)
+        run_experiment(config)
         return {}
-    if cfg["logger"].get("enabled", False):
-        from neulig.callbacks.mlflow import MLflowReporter
-
-        tags = {"neulig.version": __version__, "git.commit": git_commit(), "backbone": cfg["model"]["name"],
-                "datasets": ",".join(cfg["data"]["datasets"]), "merge": cfg["merge"]["name"],
-                "merge.kind": cfg["merge"]["kind"]}
-        reporter = MLflowReporter(cfg["logger"]["tracking_uri"], cfg["logger"]["experiment_name"], run_name(cfg), tags)
-        reporter.open()
-    from neulig.callbacks.progress import progress_callbacks
-
+    reporter = open_reporter(config)
     try:
-        results = run_experiment(cfg, callbacks=[*([reporter] if reporter else []),
-                                                 *progress_callbacks(cfg.get("progress", "auto"))])
+        result = run_experiment(config, callbacks=callbacks(config, reporter))
     except BaseException:
         if reporter:
             reporter.fail()
         raise
-    metrics = results["metrics"]
-    table = table2(metrics, results["names"], cfg["merge"]["name"])
-    record = {"run_name": run_name(cfg), "metrics": metrics, "timings": results["timings"],
-              "granularity": {"acc/merged": "per test batch (paper protocol)" if cfg["merge"]["name"] == "portland"
-                              else "one static merged encoder"},
-              "combos": [{"datasets": c["datasets"], "history": c["history"],
-                          "result": c["result"]} for c in results["combos"]]}
-    files = write_run_files(run_dir, config_yaml, record, table)
-    from neulig.plots import run_scatter  # this run's (merged avg, ensembled avg) point, as the paper's Fig. 3
-    files["scatter.png"] = run_scatter(run_dir, cfg["merge"]["name"], metrics, title=run_name(cfg))
-    if cfg.get("save_merged"):  # open_clip checkpoints: the backbone's text tower + the merged image encoder
+    record = result.record(config.run_name)
+    files = write_outputs(config, config_yaml, run_dir, result, record)
+    if reporter:
+        reporter.report(config, result, files, run_dir)
+    print(f"\n{config.run_name}  (accuracy %, gap = |Ens. - Mer.|)\n{table(config, result)}\n")
+    print("\n".join(summary_lines(config.run_name, run_dir, list(files), config.logger)))
+    return record
+
+
+def open_reporter(config):
+    """The run's MLflow reporter (None with logger=none); an unreachable store fails in seconds."""
+    if not config.logger.enabled:
+        return None
+    from neulig import __version__
+    from neulig.callbacks.mlflow import MLflowReporter
+
+    tags = {"neulig.version": __version__, "git.commit": git_commit(), "backbone": config.model.name,
+            "datasets": ",".join(config.data.datasets), "merge": config.merge.name, "merge.kind": config.merge.kind}
+    reporter = MLflowReporter(config.logger.tracking_uri, config.logger.experiment_name, config.run_name, tags)
+    reporter.open()
+    return reporter
+
+
+def callbacks(config, reporter) -> tuple:
+    from neulig.callbacks.progress import progress_callbacks
+
+    return (*([reporter] if reporter else []), *progress_callbacks(config.progress))
+
+
+def table(config, result) -> str:
+    from neulig.results import table2
+
+    return table2(result.metrics, result.names, config.merge.name, result.labels)
+
+
+def write_outputs(config, config_yaml: str, run_dir: Path, result, record: dict) -> dict[str, Path]:
+    """results.json / results.md / config.yaml, the run's scatter point, and the merged models if asked."""
+    from neulig.plots import run_scatter
+    from neulig.results import write_run_files
+
+    files = write_run_files(run_dir, config_yaml, record, table(config, result))
+    files["scatter.png"] = run_scatter(run_dir, config.merge.name, result.metrics, title=config.run_name)
+    if config.save_merged:  # open_clip checkpoints: the backbone's text tower + each merged image encoder
         from neulig.models.export import save_merged
 
-        backbone = results["backbone"]
-        written = save_merged(run_dir, results["combos"], backbone.clip, backbone.arch)
+        written = save_merged(run_dir, result.combos, result.base.clip, result.base.arch)
         if not written:
             from neulig.utils.log import log
 
-            log.info(f"save_merged: merge={cfg['merge']['name']} defines no static merged weights; nothing written")
+            log.info(f"save_merged: merge={config.merge.name} defines no merged weights; nothing written")
         files.update(written)
-    if reporter:
-        if len(results["combos"]) > 1:  # one nested run per combination, the parent holds the means
-            from neulig.pipeline import contract_metrics
-
-            for combo in results["combos"]:
-                child = {k: v for k, v in combo["result"].items() if isinstance(v, dict) and k.startswith(("merged", "ensembled"))}
-                reporter.log_child("+".join(combo["datasets"]), {"datasets": combo["datasets"]}, contract_metrics(child))
-        reporter.finish(cfg, metrics, list(files.values()), root=run_dir)
-    print(f"\n{run_name(cfg)}  (accuracy %, gap = |Ens. - Mer.|)\n{table}\n")
-    print("\n".join(summary_lines(run_name(cfg), run_dir, list(files), cfg["logger"])))
-    return record
+    return files
 
 
 def ui_command(tracking_uri: str, cwd: Path | None = None) -> str:
@@ -172,12 +161,12 @@ def file_list(files: list[str]) -> str:
     return ", ".join([n for n in files if "/" not in n] + [f"{d}/ ({k} files)" for d, k in folders.items()])
 
 
-def summary_lines(name: str, run_dir: Path, files: list[str], logger_cfg: dict) -> list[str]:
+def summary_lines(name: str, run_dir: Path, files: list[str], logger) -> list[str]:
     """The closing lines of a run: its name, its directory and files, and where MLflow holds it."""
     lines = [f"run:     {name}", f"files:   {run_dir.resolve()}/  ({file_list(files)})"]
-    if logger_cfg.get("enabled", False):
-        lines.append(f"MLflow:  experiment {logger_cfg['experiment_name']!r} in {logger_cfg['tracking_uri']}")
-        lines.append(f"view:    {ui_command(logger_cfg['tracking_uri'])}")
+    if logger.enabled:
+        lines.append(f"MLflow:  experiment {logger.experiment_name!r} in {logger.tracking_uri}")
+        lines.append(f"view:    {ui_command(logger.tracking_uri)}")
     else:
         lines.append("MLflow:  off (logger=none)")
     return lines
@@ -193,45 +182,54 @@ def git_commit() -> str:
         return "unknown"
 
 
-def main() -> None:
-    check_overrides(sys.argv[1:])
-    import hydra
+def job(dcfg) -> float | None:
+    """One Hydra job: check the config, check what must exist, execute; a failure in a sweep is that job's."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-    def app(dcfg) -> float | None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from neulig.config import ConfigError, load
+    from neulig.errors import NeuligError
 
-        from neulig.errors import NeuligError
-
-        cfg = OmegaConf.to_container(dcfg, resolve=True)
-        hydra_cfg = HydraConfig.get()
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        # a Lightning DDP child re-executes this command: make it reuse rank 0's run dir
-        os.environ.setdefault("NEULIG_RUN_DIR", hydra_cfg.runtime.output_dir)
-        try:
-            preflight(cfg)
-            record = execute(cfg, OmegaConf.to_yaml(dcfg), Path(hydra_cfg.runtime.output_dir))
-        except NeuligError as err:
-            if multirun:  # one failed job must not stop the sweep
-                print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
-                return float("nan")
-            fail(str(err))
-        except Exception as err:  # noqa: BLE001 - a bug in one sweep job: keep the others going
-            if not multirun:
-                raise
-            import traceback
-
-            trace = Path(hydra_cfg.runtime.output_dir) / "error.txt"
-            trace.parent.mkdir(parents=True, exist_ok=True)
-            trace.write_text(traceback.format_exc())
-            print(f"neulig: job {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); traceback in {trace}",
-                  file=sys.stderr)
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    os.environ.setdefault("NEULIG_RUN_DIR", str(run_dir))  # a Lightning DDP child reuses rank 0's run dir
+    try:
+        config = load(dcfg)
+        preflight(config)
+        record = execute(config, OmegaConf.to_yaml(dcfg), run_dir)
+    except (ConfigError, NeuligError) as err:
+        if multirun:  # one failed job must not stop the sweep
+            print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
             return float("nan")
-        return record.get("metrics", {}).get(cfg.get("objective", "acc/merged/avg"))
+        fail(str(err))
+    except Exception as err:  # noqa: BLE001 - a bug in one sweep job: keep the others going
+        if not multirun:
+            raise
+        import traceback
 
-    app()
+        trace = run_dir / "error.txt"
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.write_text(traceback.format_exc())
+        print(f"neulig: job {hydra_cfg.job.num} failed ({type(err).__name__}: {err}); traceback in {trace}",
+              file=sys.stderr)
+        return float("nan")
+    objective = record.get("metrics", {}).get(config.objective)
+    if objective is None and record:  # which metrics a run has depends on its method: told after the run
+        print(f"neulig: warning: objective={config.objective}: not a metric of this run (see its results.json)",
+              file=sys.stderr)
+    return objective
+
+
+def main() -> None:
+    from neulig.config import register
+
+    register()
+    check_command_line(sys.argv[1:])
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(job)()
 
 
 if __name__ == "__main__":

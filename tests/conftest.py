@@ -20,6 +20,9 @@ TINY_OVERRIDES = [
     "data.sizes.test=96",
 ]
 PORTLAND_TINY = ["merge.global_epochs=20", "merge.eval_every=5"]
+# a whole run at its cheapest: a random-init backbone (no pretraining), two datasets, 2 steps per expert
+FAST_RUN = [*TINY_OVERRIDES, "model.pretrained=null", "data.datasets=[digits,shapes]", "model.finetune.epochs=1",
+            "logger=none"]
 
 
 def assert_cache_clean(cache_dir: Path, allow_temp: bool = False) -> list[Path]:
@@ -57,8 +60,21 @@ def compose(overrides: list[str], tmp_path: Path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from neulig.config import register
+
+    register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=[f"paths.root_dir={tmp_path}", *overrides])
+
+
+def execute(cfg, run_dir: Path) -> dict:
+    """``neulig.run.execute`` on a composed config, as the CLI calls it."""
+    from omegaconf import OmegaConf
+
+    from neulig.config import load
+    from neulig.run import execute as run_execute
+
+    return run_execute(load(cfg), OmegaConf.to_yaml(cfg), run_dir)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """MLflowReporter: a Lightning callback that records one neulig run in MLflow.
 
 It is attached to every Trainer of the run (fine-tuning, Portland) and logs their epoch curves, then
-``finish()`` logs the contract metrics of DESIGN.md §4, the flattened config as params, tags, and the
+``finish()`` logs the contract metrics of docs/design.md ("Metric contract"), the flattened config as params, tags, and the
 run's files as artifacts. The store is checked before any training (``open``), so an unreachable
 tracking URI fails in seconds with one line.
 """
@@ -43,11 +43,11 @@ class MLflowReporter(L.Callback):
 
     def open(self) -> None:
         """Connect, create the experiment and the run; one clear line if the store is unreachable."""
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         import logging
         import os
+
+        import mlflow
+        from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation INFO lines are not news
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -107,8 +107,9 @@ class MLflowReporter(L.Callback):
         self.log_curve(metrics, trainer.current_epoch)
 
     def log_curve(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         if self.run_id is None or not metrics:
             return
@@ -118,8 +119,9 @@ class MLflowReporter(L.Callback):
     def finish(self, params: dict, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED",
                root: Path | None = None) -> None:
         """Log params, metrics and ``artifacts`` (files under ``root`` keep their folder inside it), then close."""
-        from mlflow.entities import Metric, Param
         import time
+
+        from mlflow.entities import Metric, Param
 
         if self.run_id is None:
             return
@@ -134,10 +136,24 @@ class MLflowReporter(L.Callback):
             self.client.log_artifact(self.run_id, str(path), artifact_folder(Path(path), root))
         self.client.set_terminated(self.run_id, status)
 
+    def report(self, config, result, files: dict[str, Path], run_dir: Path) -> None:
+        """Log a finished run: one nested run per dataset combination when there are several (the parent
+        holds the means), then the config as params, the contract metrics and the run's files."""
+        import json
+        from dataclasses import asdict
+
+        if result.labels:  # the report's rows for extra accuracies (neulig.report --granularities)
+            self.client.set_tag(self.run_id, "neulig.accuracy_kinds", json.dumps(result.labels, sort_keys=True))
+        if len(result.combos) > 1:
+            for combo in result.combos:
+                self.log_child("+".join(combo.datasets), {"datasets": list(combo.datasets)}, combo.metrics)
+        self.finish(asdict(config), result.metrics, list(files.values()), root=run_dir)
+
     def log_child(self, name: str, params: dict, metrics: dict[str, float]) -> None:
         """A nested run (one dataset combination) under this run, with its own contract metrics."""
-        from mlflow.entities import Metric, Param
         import time
+
+        from mlflow.entities import Metric, Param
 
         if self.run_id is None:
             return

@@ -17,8 +17,8 @@ import time
 
 import lightning as L
 from rich.console import Console
-from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Column
 
 # (metric key, label, format, scale): the metrics a bar shows, in this order
 SHOWN = (

@@ -1,7 +1,7 @@
 """Training-time augmentation on image batches, for cached augmented-view features.
 
 The reference trains Portland on images passed through open_clip's *training* transform
-(``RandomResizedCrop(scale=(0.9, 1.0))``, paper.md §3.10), so every epoch sees fresh crops. neulig
+(``RandomResizedCrop(scale=(0.9, 1.0))``, docs/neural_ligand.md §10), so every epoch sees fresh crops. neulig
 caches expert features instead (the experts are frozen); ``merge.views`` extra views per training
 image, each a random resized crop with that transform's parameters, keep that diversity at the
 cost of encoding each image ``1 + views`` times once.

@@ -64,7 +64,8 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> l
         w = 0.35 * r
         return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)])
     if kind == "arrow":
-        return rot([(-r, -0.25 * r), (0.2 * r, -0.25 * r), (0.2 * r, -0.7 * r), (r, 0), (0.2 * r, 0.7 * r), (0.2 * r, 0.25 * r), (-r, 0.25 * r)])
+        return rot([(-r, -0.25 * r), (0.2 * r, -0.25 * r), (0.2 * r, -0.7 * r), (r, 0), (0.2 * r, 0.7 * r),
+                    (0.2 * r, 0.25 * r), (-r, 0.25 * r)])
     raise ValueError(kind)
 
 

@@ -20,7 +20,7 @@ Split protocol (``seed`` = the data group's ``split_seed``, 0 by default):
 - **train** = the rest of the official train split.
 
 ``sizes = {train, val, test}`` optionally caps each split with a seeded subset (``None`` = full).
-This deviates from the paper's code (Section 3.9 of the reference note), which evaluates NeuLig on a
+This deviates from the paper's code (docs/neural_ligand.md §9), which evaluates NeuLig on a
 held-out half of the training set; here every number is reported on the official test split and
 every selection uses val, as the embedded datasets do.
 
@@ -144,7 +144,7 @@ class Part:
     def view(self) -> LabelledView:
         return LabelledView(self.base, self.index, self.labels[self.index])
 
-    def take(self, index: np.ndarray) -> "Part":
+    def take(self, index: np.ndarray) -> Part:
         return Part(self.base, self.labels, index)
 
 

@@ -4,7 +4,7 @@ AdaMerging (Yang et al., ICLR 2024, arXiv 2310.02575) is *test-time adaptation*:
 (``src/main_*_adamerging.py``) the objective sees each task's **test** images, never their labels.
 Only the lambdas are trainable; theta_0, the task vectors and the heads are frozen.
 
-Schedule (methods.md §9): Adam (lr 1e-3, betas (0.9, 0.999), no weight decay), ``steps`` = 500
+Schedule (docs/methods.md §9): Adam (lr 1e-3, betas (0.9, 0.999), no weight decay), ``steps`` = 500
 optimisation steps. In each step every task k draws a fresh shuffled sample of its test split and
 consumes ``batches_per_task`` batches of ``batch_size`` (the reference's loop breaks after its second
 batch of 16: ``batches_per_task`` = 2); the loss is

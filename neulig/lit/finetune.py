@@ -1,4 +1,4 @@
-"""FinetuneModule: the image encoder trainable, the dataset's zero-shot head frozen (paper.md §4).
+"""FinetuneModule: the image encoder trainable, the dataset's zero-shot head frozen (docs/neural_ligand.md §8).
 
 Recipe: AdamW (lr, weight decay), linear warm-up for ``warmup_steps`` then cosine decay to 0 over
 ``total_steps``; gradient clipping is the Trainer's ``gradient_clip_val``. Accuracy by torchmetrics.

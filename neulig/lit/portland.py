@@ -1,16 +1,16 @@
 """PortlandModule: trains only the Portland CoopVec generator on cached, frozen expert features.
 
-Schedule as in the reference code (paper.md §3.8, Appendix A): Adam (lr 1e-3), one optimiser step
+Schedule as in the reference code (docs/neural_ligand.md §7): Adam (lr 1e-3), one optimiser step
 per dataset in round-robin order, ``min_k ceil(n_k / batch)`` rounds per global epoch (larger
 datasets are subsampled each epoch), ``global_epochs`` epochs, evaluation every ``eval_every``
 epochs. Because the experts are frozen their features are computed once (``cached features``), so
 one Lightning step runs one whole global epoch in memory. Model selection uses the *validation*
 split's ensembled accuracy, never the test split.
 
-Hot loop (paper.md §7.2): each epoch gathers every dataset's batches once and moves them to the device
-in one copy; a step slices them, computes the loss inline (the same sums as ``portland_loss``, without
-per-step head/statistic transfers) and queues its loss on the device; finiteness and the epoch's mean
-loss are read once per epoch, so a GPU step has no host sync.
+Hot loop: each epoch gathers every dataset's batches once and moves them to the device in one copy; a
+step slices them, computes the loss with ``merging.portland.loss_sums`` (heads and the L_a statistic
+already on the device) and queues its loss on the device; finiteness and the epoch's mean loss are
+read once per epoch, so a GPU step has no host sync.
 
 Multi-GPU: under DDP every rank walks the same seeded batch order and takes its slice of each batch;
 losses are per-sample sums divided by the global batch size, and gradients are all-reduced (sum) by
@@ -24,11 +24,10 @@ import copy
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from neulig.errors import NeuligError
-from neulig.merging.portland import Portland, ensemble_features
+from neulig.merging.portland import Portland, ensemble_features, loss_sums, regularizer_statistic
 from neulig.models.heads import head_logits
 
 
@@ -38,7 +37,7 @@ def _no_capture_check() -> None:
 
 class PortlandModule(L.LightningModule):
     def __init__(self, train_sets: dict[str, tuple[Tensor, Tensor]], val_sets: dict[str, tuple[Tensor, Tensor]],
-                 head_weights: dict[str, Tensor], feature_dim: int, alignment: str = "sup", scaling: float = 100.0,
+                 head_weights: dict[str, Tensor], feature_dim: int, loss: str = "sup", scaling: float = 100.0,
                  regularizer: str = "reference", eps_star: Tensor | None = None, gram: Tensor | None = None,
                  lr: float = 1e-3, batch_size: int = 128, eval_every: int = 10, seed: int = 0):
         super().__init__()
@@ -47,10 +46,8 @@ class PortlandModule(L.LightningModule):
         self.num_experts = next(iter(train_sets.values()))[0].shape[1]
         self.portland = Portland(self.num_experts, feature_dim)
         self.train_sets, self.val_sets, self.head_weights = train_sets, val_sets, head_weights
-        self.alignment, self.scaling, self.regularizer = alignment, float(scaling), regularizer
+        self.loss, self.scaling, self.regularizer = loss, float(scaling), regularizer
         self.eps_star, self.gram = eps_star, gram
-        if regularizer not in ("reference", "exact"):
-            raise NeuligError(f"merge.regularizer must be 'reference' or 'exact', got {regularizer!r}")
         self.lr, self.batch_size, self.eval_every, self.seed = lr, batch_size, eval_every, seed
         self.best_val_acc, self.best_epoch, self.best_state = -1.0, -1, None
         self.history: list[dict] = []
@@ -64,31 +61,17 @@ class PortlandModule(L.LightningModule):
 
     def _prepare_device(self) -> None:
         """Everything a step reads that does not change during training, on the module's device once:
-        transposed heads, the L_a statistic (``consistency_loss``'s normalised Gram for ``exact``),
+        the heads, the L_a statistic (eps*, or the normalised Gram matrix for ``exact``),
         and the validation features (evaluations re-read them every ``eval_every`` epochs)."""
         device = self.device
-        self._heads_t = {n: w.to(device).t() for n, w in self.head_weights.items()}
-        if self.regularizer == "exact":
-            self._reg = (self.gram / self.gram.diagonal().mean().clamp_min(1e-30)).to(device)
-        else:
-            self._reg = self.eps_star.to(device)
+        self._heads = {n: w.to(device) for n, w in self.head_weights.items()}
+        self._reg = regularizer_statistic(self.regularizer, self.eps_star, self.gram).to(device)
         self._val_on_device = {n: f.to(device) for n, (f, _) in self.val_sets.items()}
 
     def _batch_loss(self, name: str, z: Tensor, y: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
         """Sum over the batch slice (z [b, T, d], y [b], both on the device) of L_b + L_a / scaling,
         divided by the global batch size (so a DDP gradient sum equals the single-process mean)."""
-        beta = self.portland(z)
-        ens = (beta.unsqueeze(-1) * z).sum(1)  # = ensemble_features(beta, z), without einsum's overhead
-        logits = F.normalize(ens.float(), dim=-1) @ self._heads_t[name]  # = head_logits(ens, head)
-        if self.alignment == "sup":
-            l_b = F.cross_entropy(logits, y, reduction="sum")
-        else:
-            p = torch.softmax(logits, dim=-1)
-            l_b = -(p * torch.log(p + 1e-6)).sum()
-        if self.regularizer == "exact":  # = consistency_loss(beta, gram=gram) * len(batch)
-            l_a = torch.einsum("bt,tu,bu->b", beta, self._reg.to(beta), beta).sum()
-        else:  # = consistency_loss(beta, eps_star=eps_star) * len(batch)
-            l_a = ((beta @ self._reg.to(beta)) ** 2).sum()
+        l_b, l_a = loss_sums(self.portland(z), z, self._heads[name], y, self.loss, self.regularizer, self._reg)
         return (l_b + l_a / self.scaling) / global_size, l_b.detach() / global_size
 
     @torch.no_grad()

@@ -4,7 +4,7 @@ WeMoE (Tang et al., ICML 2024, arXiv 2402.00433) is *test-time adaptation*: like
 (``scripts/clip_dictmoe.py``) the objective sees each task's **test** images, never their labels,
 and the task identity only selects the head (the router never sees it).
 
-Schedule (methods.md §10): only the routers are trainable; Adam (lr 1e-3) with CosineAnnealingLR
+Schedule (docs/methods.md §10): only the routers are trainable; Adam (lr 1e-3) with CosineAnnealingLR
 (T_max = ``steps``), ``steps`` = 1000. Each step every task takes the next batch of ``batch_size`` (16)
 from its cycled, shuffled test order, and the loss is
     L = sum_k mean_{x in batch_k} H(softmax(head_k(f(x; W(x)))))

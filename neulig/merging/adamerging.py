@@ -1,6 +1,6 @@
 """AdaMerging (Yang et al., ICLR 2024, arXiv 2310.02575): merging coefficients learned at test time.
 
-Model (methods.md §9), with tau_k = theta_k - theta_0 and clamp(.) = clamp(., 0, 1):
+Model (docs/methods.md §9), with tau_k = theta_k - theta_0 and clamp(.) = clamp(., 0, 1):
  - task-wise:  theta   = theta_0   + sum_k clamp(lambda_k)   tau_k        (one lambda per task)
  - layer-wise: theta^j = theta_0^j + sum_k clamp(lambda_k^j) tau_k^j      (one per state-dict tensor j)
 The coefficient of theta_0 is fixed at 1; every lambda starts at ``init_lambda`` = 0.3 (the "prior").
@@ -13,7 +13,7 @@ Tensors are keyed by name (never by zipping ``named_parameters`` with ``state_di
 bug when a module has buffers). Only floating parameters are merged; BatchNorm statistics (none in
 a CLIP ViT) are pooled by the MTDA rule of ``state_dict.py`` with the normalised task coefficients
 of :meth:`AdaMergingWeights.ensemble_coefficients`, integer buffers come from theta_0. AdaMerging is
-thus defined for any architecture (the paper.md caption "not applicable to ResNet-based models" is
+thus defined for any architecture (the arXiv 2503.01268 Table 2a caption "not applicable to ResNet-based models" is
 about its published results, not its maths), so neulig runs it on every backbone.
 
 Everything here is pure tensor code; training lives in ``neulig.lit.adamerging``.
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from neulig.errors import NeuligError
 from neulig.merging.flat import FlatStack
-from neulig.merging.state_dict import BN_MEAN, BN_VAR, StateDict, classify_keys
+from neulig.merging.state_dict import StateDict, classify_keys
 
 GRANULARITIES = ("task", "layer")
 
@@ -128,16 +128,6 @@ class AdaMergingWeights(nn.Module):
 
 
 def pooled_buffers(flat: FlatStack, weights: Tensor) -> StateDict:
-    """BatchNorm statistics pooled over the experts (rows 1..T of ``flat``) by the MTDA rule with
-    ``weights`` [T], and the integer buffers of theta_0 (row 0); see ``state_dict.py``."""
-    pool = torch.cat([weights.new_zeros(1), weights.clamp_min(0)]).to(flat.theta)
-    out: StateDict = {}
-    for prefix in flat.bn_prefixes:
-        w = pool * flat.bn_count[prefix]
-        w = w / w.sum().clamp_min(1e-12)
-        mu_i, var_i = flat.bn_mean[prefix], flat.bn_var[prefix]
-        mu = w @ mu_i
-        out[prefix + BN_MEAN] = mu
-        out[prefix + BN_VAR] = w @ (var_i + (mu_i - mu) ** 2)
-    out.update(flat.fixed)
-    return out
+    """BatchNorm statistics pooled over the experts (rows 1..T of ``flat``) with ``weights`` [T] (row 0,
+    theta_0, takes no part), and the integer buffers of theta_0 (row 0)."""
+    return {**flat.pool_batchnorm(torch.cat([weights.new_zeros(1), weights]).to(flat.theta)), **flat.fixed}

@@ -2,7 +2,7 @@
 
 For every expert t and parameter tensor, drop_t ~ Bernoulli(p) element-wise (1 = drop) and
 tau~_t = tau_t * (1 - drop_t) / (1 - p)   (no rescale at p = 1: everything is dropped),
-so E[tau~_t] = tau_t (methods.md §5, MergeLM ``mask_input_with_mask_rate``, strategy random, rescale on).
+so E[tau~_t] = tau_t (docs/methods.md §5, MergeLM ``mask_input_with_mask_rate``, strategy random, rescale on).
 Then theta = theta_0 + lambda * sum_t tau~_t (MergeLM ``mask_merging`` + task arithmetic).
 Masks are independent across experts and tensors and drawn from a ``torch.Generator`` on the tensors'
 device seeded with ``seed`` (experts in order, keys sorted): a merge is reproducible on a given device
@@ -72,8 +72,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], p: float = 0.5, scaling
     taus = dare_task_vectors(base, experts, p, seed, masks)
     summed = {k: sum(t[k] for t in taus) for k in taus[0]}
     return finish_merge(apply(base, summed, scaling), base, experts)
-
-
-def ensemble_weights(num_experts: int, **_: object) -> list[float]:
-    """Every expert enters with the same coefficient lambda; after normalisation, uniform."""
-    return [1.0 / num_experts] * num_experts

@@ -2,7 +2,7 @@
 
 tau~_t = tau_t * (1 - drop_t) / (1 - p), drop_t ~ Bernoulli(p) seeded (see ``dare``); then TIES on the
 tau~_t: global top-k trim per task (``density``), mass sign election, disjoint ``merge_fn``, and
-theta = theta_0 + lambda * tau_m (methods.md §5: "TIES (trim, elect and disjoint-merge the DARE'd
+theta = theta_0 + lambda * tau_m (docs/methods.md §5: "TIES (trim, elect and disjoint-merge the DARE'd
 deltas)", MergeLM ``mask_merging`` with TIES). Defaults: p = 0.5 and TIES's own defaults (density 0.2,
 dis-mean, lambda 1). ``density: 1.0`` skips the trim (mergekit's dare_ties, which also uses
 ``merge_fn: sum`` and an L1 rescale that is not implemented here). For a fixed seed the result depends on
@@ -26,8 +26,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], p: float = 0.5, density
     tv = flatten(dare_task_vectors(base, experts, p, seed, masks), keys)
     tau_m = ties_vector(tv, density, merge_fn, trim)
     return finish_merge(apply(base, unflatten(tau_m, base, keys), scaling), base, experts)
-
-
-def ensemble_weights(num_experts: int, **_: object) -> list[float]:
-    """No ensemble counterpart of the sign election: uniform."""
-    return [1.0 / num_experts] * num_experts

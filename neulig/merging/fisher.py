@@ -1,6 +1,6 @@
 """Fisher merging (Matena & Raffel, NeurIPS 2022, arXiv 2111.09832): diagonal-Fisher-weighted average.
 
-theta*[p] = sum_i lambda_i F_i[p] theta_i[p] / sum_i lambda_i F_i[p]  (methods.md §7, reference mmatena
+theta*[p] = sum_i lambda_i F_i[p] theta_i[p] / sum_i lambda_i F_i[p]  (docs/methods.md §7, reference mmatena
 ``model_merging/merging.py``), with lambda = ``weights`` normalised to sum 1 (uniform by default) and
 - ``normalize`` (default on, as mmatena and MergeLM): lambda_i <- lambda_i / ||F_i||_2 over all of model
   i's Fisher entries (the raw Fisher, before the floor);
@@ -17,6 +17,7 @@ Buffers follow finish_merge, with BatchNorm statistics pooled by the weights lam
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -148,9 +149,7 @@ def estimate_fisher(model: nn.Module, logits_fn: LogitsFn, batches: Iterable[obj
     count = 0
     model.eval()
     try:
-        for index, batch in enumerate(batches):
-            if num_batches is not None and index >= num_batches:
-                break
+        for batch in itertools.islice(batches, num_batches):
             images, labels = _split(batch)
             images = images.to(first.device)
             with torch.no_grad():

@@ -3,7 +3,7 @@
 ``FlatStack`` keeps the floating parameters of N state dicts as rows of one float32 matrix on the
 device (keys in sorted order, as the reference flattens them). ``combine(c)`` returns a state dict
 whose parameters are *views* into ``c @ theta``: feed it to ``torch.func.functional_call`` and the
-merged forward runs without a CPU round trip or a copy per tensor (paper.md §7.2 "vectorised GPU
+merged forward runs without a CPU round trip or a copy per tensor (docs/neural_ligand.md §12, "vectorised GPU
 merging"). BatchNorm statistics are pooled by the rule of ``state_dict.pool_batchnorm`` with the
 same coefficients; integer buffers (incl. ``num_batches_tracked``) come from the first state dict.
 """
@@ -15,8 +15,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from neulig.merging.state_dict import BN_COUNT, BN_MEAN, BN_VAR, StateDict, check_compatible, classify_keys
-
+from neulig.merging.state_dict import (
+    BN_COUNT,
+    BN_MEAN,
+    BN_VAR,
+    StateDict,
+    check_compatible,
+    classify_keys,
+    mixture,
+    mixture_weights,
+)
 
 # flat [P] -> views shaped like each template, consecutive (what torch._utils._unflatten_dense_tensors
 # calls); optional: FlatStack falls back to split + view without it.
@@ -60,7 +68,7 @@ class FlatStack:
             for p in self.bn_prefixes
         }
         self.fixed = {k: first[k].to(device) for k in classes.fixed}
-        # Hot-path tables (per-batch merges, paper.md §7.2): split sizes for one-call unflattening, and
+        # Hot-path tables (per-batch merges, docs/neural_ligand.md §12): split sizes for one-call unflattening, and
         # the BN statistics of all layers side by side so that pooling is a handful of kernels, not
         # ~8 per BN layer (RN50 has 50+). Channel c belongs to BN layer ``_bn_layer[c]``.
         self._numels = [s.numel for s in self.slots]
@@ -102,14 +110,12 @@ class FlatStack:
         return state
 
     def pool_batchnorm(self, weights: Tensor) -> StateDict:
-        """Every BN layer's running mean/var pooled with weights w_i ∝ max(weights_i, 0) n_i (the rule of
-        ``state_dict.pool_batchnorm``), all layers at once: mu = sum_i w_i mu_i,
-        var = sum_i w_i (var_i + (mu_i - mu)^2)."""
-        w = weights.clamp_min(0) * self._bn_counts  # [L, N]
-        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
-        w = w[self._bn_layer]  # [C, N]: each channel's layer weights
-        mu = (w * self._bn_mean_t).sum(1)
-        var = (w * (self._bn_var_t + (self._bn_mean_t - mu[:, None]) ** 2)).sum(1)
+        """Every BN layer's running mean/var pooled with ``weights`` [N] (``state_dict.mixture_weights``
+        and ``state_dict.mixture``), all layers at once."""
+        if not self.bn_prefixes:
+            return {}
+        w = mixture_weights(self._bn_counts, weights)[self._bn_layer]  # [C, N]: each channel's layer weights
+        mu, var = mixture(self._bn_mean_t, self._bn_var_t, w)
         out: StateDict = {}
         for prefix, m, v in zip(self.bn_prefixes, mu.split(self._bn_sizes), var.split(self._bn_sizes)):
             out[prefix + BN_MEAN], out[prefix + BN_VAR] = m, v

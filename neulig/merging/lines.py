@@ -2,7 +2,7 @@
 
 A merged task vector tau_MTL (``task_vector: sum`` = sum_t tau_t, the Task Arithmetic sum; or ``ties`` =
 the TIES dis-``merge_fn`` vector with ``density``, dis-mean k = 20% as the reference) is rescaled per
-residual block l = 0..L-1 (methods.md §11, reference ``src/eval/eval.py`` LiNeS_scaling):
+residual block l = 0..L-1 (docs/methods.md §11, reference ``src/eval/eval.py`` LiNeS_scaling):
   lambda(l) = alpha + beta * l / (L - 1),   everything outside the blocks is scaled by alpha,
   theta = theta_0 + lambda(.) * tau_MTL   (no further scaling).
 Multi-task alpha (default, ``alpha: null``): alpha = (||sum_t tau_t||_1 / ||tau_MTL||_1) / T, which is
@@ -55,7 +55,7 @@ def block_map(keys: Iterable[str], num_blocks: int | None = None) -> tuple[dict[
 
 def block_scales(blocks: Mapping[str, int], num_blocks: int, alpha: float, beta: float) -> dict[str, float]:
     """lambda(l) = alpha + beta * l / (L - 1) for every key inside a block."""
-    return {k: alpha + beta * l / (num_blocks - 1) for k, l in blocks.items()}
+    return {k: alpha + beta * block / (num_blocks - 1) for k, block in blocks.items()}
 
 
 def scale_task_vector(tau: Mapping[str, Tensor], alpha: float, beta: float, blocks: Mapping[str, int],
@@ -87,8 +87,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], beta: float = 0.5, alph
     alpha = default_alpha(tv, merged) if alpha is None else float(alpha)
     tau = scale_task_vector(unflatten(merged, base, keys), alpha, beta, blocks, count)
     return finish_merge(apply(base, tau), base, experts)
-
-
-def ensemble_weights(num_experts: int, **_: object) -> list[float]:
-    """Every expert's task vector enters the sum with the same weight: uniform."""
-    return [1.0 / num_experts] * num_experts

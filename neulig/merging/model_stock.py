@@ -4,7 +4,7 @@ Per tensor k (each state-dict entry is its own unit, as the reference notebook),
   c = <delta_i, delta_j> / (||delta_i|| ||delta_j|| + 1e-8), clamped to [-1, 1]  (one pair when N = 2),
   t = N c / ((N - 1) c + 1 + 1e-8),
   theta_H = t * (1/N) sum_i theta_i + (1 - t) * theta_0.
-N > 2 is not specified by the authors (methods.md §1): ``reduce: cosine`` (default, mergekit) takes the
+N > 2 is not specified by the authors (docs/methods.md §1): ``reduce: cosine`` (default, mergekit) takes the
 mean of the pairwise clamped cosines; ``reduce: angle`` (fusion_bench) the cosine of the mean pairwise
 angle. t is not clamped (reference parity); tensors with c <= 0 are logged.
 Keys listed in ``ignore`` and tensors whose task vectors are all zero (frozen, e.g. an untouched text
@@ -74,8 +74,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], reduce: str = "cosine",
         log.warning("model_stock: %d tensor(s) with cos <= 0 extrapolate past theta_0: %s",
                     len(non_positive), ", ".join(non_positive[:5]))
     return finish_merge(merged, base, experts)
-
-
-def ensemble_weights(num_experts: int, **_: object) -> list[float]:
-    """The experts enter the average with equal weight: uniform."""
-    return [1.0 / num_experts] * num_experts

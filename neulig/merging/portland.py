@@ -1,11 +1,11 @@
 """Neural Ligand (Li, Yu, Wang, ICCV 2025, arXiv 2503.01268): the Portland module and its loss.
 
 Portland: beta(x) = softmax(W [z_1(x); ...; z_T(x)] + b), a Linear(T*d -> T) with bias over the raw
-(un-normalised) features of the T frozen experts (paper.md §3.2). The same CoopVec beta combines
- - features (ensemble):  y_ens = h_k( sum_t beta_t z_t )                         (paper.md §3.4)
- - parameters (merge):   theta(beta) = sum_t beta_t theta_t                       (paper.md §3.3)
-Loss = L_b + L_a / scaling (code: alpha = 1/scaling = 0.01, beta_loss = 1; paper.md §3.6):
- - L_b: cross-entropy (``sup``) or mean prediction entropy with +1e-6 inside the log (``semi``);
+(un-normalised) features of the T frozen experts (docs/neural_ligand.md §2). The same CoopVec beta combines
+ - features (ensemble):  y_ens = h_k( sum_t beta_t z_t )                         (docs/neural_ligand.md §4)
+ - parameters (merge):   theta(beta) = sum_t beta_t theta_t                       (docs/neural_ligand.md §3)
+Loss = L_b + L_a / scaling (code: alpha = 1/scaling = 0.01, beta_loss = 1; docs/neural_ligand.md §6):
+ - L_b: cross-entropy (``loss: sup``) or mean prediction entropy with +1e-6 inside the log (``semi``);
  - L_a ``reference``: mean_x (sum_t beta_t eps*_t)^2 with eps*_t the across-model z-score (unbiased
    std) of the coordinate sum of theta_t - mean_u theta_u;
  - L_a ``exact``: mean_x beta^T G beta, G_uv = <eps_u, eps_v> the Gram matrix of the offsets
@@ -53,29 +53,48 @@ def offset_statistics(theta: Tensor) -> tuple[Tensor, Tensor]:
     return eps_star.float(), gram.float()
 
 
-def consistency_loss(beta: Tensor, eps_star: Tensor | None = None, gram: Tensor | None = None) -> Tensor:
-    """L_a: ``reference`` with eps_star (batch mean of (beta . eps*)^2) or ``exact`` with gram."""
-    if gram is not None:
-        g = gram / gram.diagonal().mean().clamp_min(1e-30)
-        return torch.einsum("bt,tu,bu->b", beta, g.to(beta), beta).mean()
-    return ((beta @ eps_star.to(beta)) ** 2).mean()
+def loss_sums(beta: Tensor, features: Tensor, head_weight: Tensor, labels: Tensor | None, loss: str,
+              regularizer: str, statistic: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of the Portland loss, summed over a dataset-pure batch (not averaged):
 
+    - L_b: cross-entropy (``sup``) or prediction entropy -sum p log(p + 1e-6) (``semi``, the reference's
+      form) of h_k(sum_t beta_t z_t), with h_k the dataset's frozen head;
+    - L_a: (beta . eps*)^2 (``reference``, ``statistic`` = eps* [T]) or beta^T G beta (``exact``,
+      ``statistic`` = the Gram matrix normalised by :func:`normalized_gram`).
 
-def alignment_loss(logits: Tensor, labels: Tensor | None, alignment: str) -> Tensor:
-    """L_b: ``sup`` cross-entropy, or ``semi`` mean entropy -sum p log(p + 1e-6) (reference code)."""
-    if alignment == "sup":
-        return F.cross_entropy(logits, labels)
-    if alignment == "semi":
+    Sums, so that data-parallel training can divide by the global batch size and all-reduce.
+    """
+    ens = (beta.unsqueeze(-1) * features).sum(1)  # = ensemble_features(beta, features), without einsum's overhead
+    logits = head_logits(ens, head_weight)
+    if loss == "sup":
+        l_b = F.cross_entropy(logits, labels, reduction="sum")
+    elif loss == "semi":
         p = torch.softmax(logits, dim=-1)
-        return -(p * torch.log(p + 1e-6)).sum(-1).mean()
-    raise ValueError(f"alignment must be 'sup' or 'semi', got {alignment!r}")
+        l_b = -(p * torch.log(p + 1e-6)).sum()
+    else:
+        raise ValueError(f"loss must be 'sup' or 'semi', got {loss!r}")
+    if regularizer == "exact":
+        l_a = torch.einsum("bt,tu,bu->b", beta, statistic.to(beta), beta).sum()
+    elif regularizer == "reference":
+        l_a = ((beta @ statistic.to(beta)) ** 2).sum()
+    else:
+        raise ValueError(f"regularizer must be 'reference' or 'exact', got {regularizer!r}")
+    return l_b, l_a
 
 
-def portland_loss(portland: Portland, features: Tensor, labels: Tensor, head_weight: Tensor, alignment: str,
-                  scaling: float, eps_star: Tensor | None = None, gram: Tensor | None = None) -> tuple[Tensor, dict]:
-    """L_b + L_a / scaling on one dataset-pure batch with that dataset's head."""
-    beta = portland(features)
-    logits = head_logits(ensemble_features(beta, features), head_weight)
-    l_b = alignment_loss(logits, labels, alignment)
-    l_a = consistency_loss(beta, eps_star, gram)
-    return l_b + l_a / scaling, {"l_b": l_b.detach(), "l_a": l_a.detach()}
+def normalized_gram(gram: Tensor) -> Tensor:
+    """G divided by its mean diagonal, so ``scaling`` means the same for any model size."""
+    return gram / gram.diagonal().mean().clamp_min(1e-30)
+
+
+def regularizer_statistic(regularizer: str, eps_star: Tensor, gram: Tensor) -> Tensor:
+    """What L_a reads: eps* (``reference``) or the normalised Gram matrix (``exact``)."""
+    return normalized_gram(gram) if regularizer == "exact" else eps_star
+
+
+def portland_loss(portland: Portland, features: Tensor, labels: Tensor | None, head_weight: Tensor, loss: str,
+                  scaling: float, regularizer: str, statistic: Tensor) -> tuple[Tensor, dict]:
+    """L_b + L_a / scaling, each the batch mean of :func:`loss_sums`, on one dataset-pure batch."""
+    n = features.shape[0]
+    l_b, l_a = loss_sums(portland(features), features, head_weight, labels, loss, regularizer, statistic)
+    return (l_b + l_a / scaling) / n, {"l_b": l_b.detach() / n, "l_a": l_a.detach() / n}

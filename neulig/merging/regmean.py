@@ -1,7 +1,7 @@
 """RegMean (Jin, Ren, Preotiuc-Pietro, Cheng, ICLR 2023, arXiv 2212.09849): regression-mean merging.
 
 For every ``nn.Linear`` with weight W_i [d_out, d_in] and mean input Gram G_i = X_i^T X_i / n_i
-(methods.md §8; bloomberg ``avg_merger.py regmean_mean_params``):
+(docs/methods.md §8; bloomberg ``avg_merger.py regmean_mean_params``):
   G~_i = alpha G_i + (1 - alpha) diag(G_i)        (``alpha`` = reduce_non_diagonal_ratio, default 1),
   G~_i <- (c_i N) G~_i                              (optional ``weights`` c, normalised; uniform = no-op),
   W^T  = (sum_i G~_i)^-1 sum_i G~_i W_i^T           (torch.linalg.solve, never an explicit inverse).
@@ -22,6 +22,7 @@ ModifiedResNet, which therefore has no RegMean layer at all (a NeuligError says 
 """
 from __future__ import annotations
 
+import itertools
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -111,12 +112,6 @@ def merge(base: StateDict, experts: Sequence[StateDict], grams: Sequence[Mapping
             merged[key] = sum(float(w[i]) * e[key].float() for i, e in enumerate(experts))
     return finish_merge(merged, base, experts, w)
 
-
-def ensemble_weights(num_experts: int, weights: Sequence[float] | None = None, **_: object) -> list[float]:
-    """The model coefficients c (uniform by default)."""
-    return normalized(weights, num_experts).tolist()
-
-
 def _skipped_linears(module: nn.Module) -> set[int]:
     """ids of the Linear modules that nn.MultiheadAttention uses by weight only (its out_proj)."""
     return {id(m.out_proj) for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -150,9 +145,7 @@ def collect_grams(module: nn.Module, batches: Iterable[object], num_batches: int
                if isinstance(m, nn.Linear) and id(m) not in skipped]
     device = next(module.parameters()).device
     try:
-        for index, batch in enumerate(batches):
-            if num_batches is not None and index >= num_batches:
-                break
+        for batch in itertools.islice(batches, num_batches):
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             module(images.to(device))
     finally:

@@ -1,6 +1,6 @@
 """State-dict helpers shared by every merge method: key classes, checks, the buffer policy.
 
-Buffer policy (methods.md §0 "global rules" and §3):
+Buffer policy (docs/design.md, "Merging"):
 1. floating-point parameters are merged by the method;
 2. integer/bool buffers never take part in arithmetic: they are copied from the base;
 3. BatchNorm ``running_mean`` / ``running_var`` are pooled as a count-weighted Gaussian mixture
@@ -13,7 +13,7 @@ Buffer policy (methods.md §0 "global rules" and §3):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -44,24 +44,37 @@ def classify_keys(state: StateDict) -> KeyClasses:
     return KeyClasses(params, bn_prefixes, fixed)
 
 
+def _shape(value: object) -> str:
+    shape = value if isinstance(value, tuple) else getattr(value, "shape", None)
+    return str(tuple(shape)) if shape is not None else type(value).__name__
+
+
+def first_mismatch(state: Mapping, reference: Mapping, dtypes: bool = False) -> str | None:
+    """The first key (in the reference's order) that is missing, of another shape (or, with ``dtypes``,
+    another dtype), else the first unexpected key, described with expected vs found; None when ``state``
+    fits. The one key/shape check every boundary uses (checkpoints, experts, merges, alignment).
+    Reference values are tensors (meta tensors will do) or shapes."""
+    for key, ref in reference.items():
+        if key not in state:
+            return f"key {key!r} is missing (expected shape {_shape(ref)})"
+        found = getattr(state[key], "shape", None)
+        if found is None or tuple(found) != tuple(ref if isinstance(ref, tuple) else ref.shape):
+            return f"key {key!r} has shape {_shape(state[key])}, expected {_shape(ref)}"
+        if dtypes and state[key].dtype != ref.dtype:
+            return f"key {key!r} is {state[key].dtype}, expected {ref.dtype}"
+    extra = [k for k in state if k not in reference]
+    return f"unexpected key {extra[0]!r} (shape {_shape(state[extra[0]])})" if extra else None
+
+
 def check_compatible(base: StateDict, experts: Sequence[StateDict]) -> None:
     """Raise a one-line NeuligError unless every expert has the base's keys and shapes."""
     if len(experts) == 0:
         raise NeuligError("merge needs at least one expert state dict")
     for i, expert in enumerate(experts):
-        missing = sorted(set(base) - set(expert))
-        extra = sorted(set(expert) - set(base))
-        if missing or extra:
-            raise NeuligError(
-                f"expert {i} does not match the base architecture: missing keys {missing[:3]}, "
-                f"unexpected keys {extra[:3]}; re-create the expert from this backbone"
-            )
-        for key, value in base.items():
-            if expert[key].shape != value.shape:
-                raise NeuligError(
-                    f"expert {i} key {key!r} has shape {tuple(expert[key].shape)}, "
-                    f"the base has {tuple(value.shape)}; re-create the expert from this backbone"
-                )
+        problem = first_mismatch(expert, base)
+        if problem:
+            raise NeuligError(f"expert {i} does not match the base architecture: {problem}; "
+                              "re-create the expert from this backbone")
 
 
 def normalized(weights: Sequence[float] | Tensor | None, count: int) -> Tensor:
@@ -76,23 +89,35 @@ def normalized(weights: Sequence[float] | Tensor | None, count: int) -> Tensor:
     return w / w.sum()
 
 
+def mixture_weights(counts: Tensor, coeffs: Tensor | None = None) -> Tensor:
+    """The mixture weights of pooled BatchNorm statistics over the last axis (the N models):
+    w_i = max(c_i, 0) n_i / sum_j max(c_j, 0) n_j, with n the ``num_batches_tracked`` counts and c the
+    method's expert coefficients (uniform when None). Where every product is 0 (models that never saw a
+    batch), the clamped coefficients alone."""
+    c = torch.ones_like(counts) if coeffs is None else coeffs.to(counts).clamp_min(0).expand_as(counts)
+    w = c * counts
+    total = w.sum(-1, keepdim=True)
+    fallback = c / c.sum(-1, keepdim=True).clamp_min(1e-30)
+    return torch.where(total > 0, w / total.clamp_min(1e-30), fallback)
+
+
+def mixture(means: Tensor, variances: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of a Gaussian mixture per channel (the MTDA rule, arXiv 2407.13771):
+    mu = sum_i w_i mu_i, var = sum_i w_i (var_i + (mu_i - mu)^2). Inputs [..., N], weights summing to 1."""
+    mu = (weights * means).sum(-1)
+    return mu, (weights * (variances + (means - mu.unsqueeze(-1)) ** 2)).sum(-1)
+
+
 def pool_batchnorm(
     means: Sequence[Tensor], variances: Sequence[Tensor], counts: Sequence[Tensor], weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Pooled BatchNorm statistics of a count-weighted Gaussian mixture (methods.md §3).
-
-    ``weights`` (the method's expert coefficients) multiply the counts; uniform when None.
-    Returns (mean, var, summed count) in the dtypes of the inputs.
-    """
+    """One BatchNorm layer's statistics pooled over the models (:func:`mixture_weights`, :func:`mixture`)
+    in float64; returns (mean, var, summed count) in the dtypes of the inputs."""
     n = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in counts])
-    coeff = n if weights is None else n * torch.as_tensor(weights, dtype=torch.float64)
-    if coeff.sum() <= 0:  # models that never saw a batch: fall back to the plain coefficients
-        coeff = torch.ones_like(n) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-    w = (coeff / coeff.sum()).view(-1, 1)
-    mu_i = torch.stack([m.double().flatten() for m in means])
-    var_i = torch.stack([v.double().flatten() for v in variances])
-    mu = (w * mu_i).sum(0)
-    var = (w * (var_i + (mu_i - mu) ** 2)).sum(0)
+    w = mixture_weights(n, None if weights is None else torch.as_tensor(weights, dtype=torch.float64))
+    mu_i = torch.stack([m.double().flatten() for m in means], -1)  # [C, N]
+    var_i = torch.stack([v.double().flatten() for v in variances], -1)
+    mu, var = mixture(mu_i, var_i, w)
     shape, dtype = means[0].shape, means[0].dtype
     total = torch.stack([torch.as_tensor(c) for c in counts]).sum().to(torch.as_tensor(counts[0]).dtype)
     return mu.view(shape).to(dtype), var.view(shape).to(variances[0].dtype), total
@@ -122,5 +147,5 @@ def finish_merge(
 
 
 def float_params(state: StateDict, keys: Sequence[str]) -> dict[str, Tensor]:
-    """The given keys as float32 (arithmetic is done in fp32, methods.md §0)."""
+    """The given keys as float32 (arithmetic is done in fp32, docs/methods.md §0)."""
     return {k: state[k].float() for k in keys}

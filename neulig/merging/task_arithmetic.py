@@ -1,7 +1,7 @@
 """Task Arithmetic (Ilharco et al., ICLR 2023, arXiv 2212.04089).
 
 tau_t = theta_t - theta_0;  theta = theta_0 + lambda * sum_t tau_t,  lambda = ``scaling`` (0.3 default,
-the value used for the 8-task CLIP benchmark; methods.md §6). BatchNorm statistics are pooled over the
+the value used for the 8-task CLIP benchmark; docs/methods.md §6). BatchNorm statistics are pooled over the
 experts, never extrapolated (a negated task vector could make a variance negative).
 """
 from __future__ import annotations
@@ -18,8 +18,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], scaling: float = 0.3) -
         theta_0 = base[key].float()
         merged[key] = theta_0 + scaling * sum(e[key].float() - theta_0 for e in experts)
     return finish_merge(merged, base, experts)
-
-
-def ensemble_weights(num_experts: int, scaling: float = 0.3) -> list[float]:
-    """Every expert enters with the same coefficient lambda; after normalisation, uniform."""
-    return [1.0 / num_experts] * num_experts

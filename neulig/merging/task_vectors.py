@@ -1,7 +1,7 @@
 """Task vectors tau_t = theta_t - theta_0 as one flat [T, P] float32 matrix, and back.
 
 Shared by the merges whose semantics are global over the whole model (TIES trims per task over the
-entire flattened vector, methods.md §4; LiNeS rescales a merged vector, §11). Keys are the floating
+entire flattened vector, docs/methods.md §4; LiNeS rescales a merged vector, §11). Keys are the floating
 parameters of ``classify_keys`` in sorted order (as the TIES reference flattens them); BatchNorm
 statistics and integer buffers never enter a task vector (they follow ``finish_merge``).
 """

@@ -1,7 +1,7 @@
 """TIES-Merging (Yadav et al., NeurIPS 2023, arXiv 2306.01708): trim, elect sign, disjoint merge.
 
 With TV the [T, P] matrix of task vectors tau_t = theta_t - theta_0 flattened over the whole model
-(methods.md §4, reference ``src/utils/merge_utils.py``, code string "topk20_mass_dis-mean"):
+(docs/methods.md §4, reference ``src/utils/merge_utils.py``, code string "topk20_mass_dis-mean"):
 1. trim: per task, keep the top-k |tau| of its *entire* flattened vector (a global threshold per task,
    not per tensor), k = ``density`` * P, zero the rest -> tau_hat;
 2. elect: gamma_p = sign(sum_t tau_hat[t, p]); gamma_p = 0 takes the global majority sign(sum_p gamma_p);
@@ -116,8 +116,3 @@ def merge(base: StateDict, experts: Sequence[StateDict], density: float = 0.2, s
     keys = param_keys(base)
     tau_m = ties_vector(stack_task_vectors(base, experts, keys), density, merge_fn, trim)
     return finish_merge(apply(base, unflatten(tau_m, base, keys), scaling), base, experts)
-
-
-def ensemble_weights(num_experts: int, **_: object) -> list[float]:
-    """No ensemble counterpart of the sign election: uniform."""
-    return [1.0 / num_experts] * num_experts

@@ -1,6 +1,6 @@
 """WeMoE, weight-ensembling mixture of experts (Tang et al., ICML 2024, arXiv 2402.00433).
 
-Architecture (methods.md §10, reference ``src/module/dict_moe.py``):
+Architecture (docs/methods.md §10, reference ``src/module/dict_moe.py``):
  - every parameter starts as Task Arithmetic, theta_0 + init_lambda * sum_t tau_t (init_lambda = 0.3),
    and is frozen;
  - the MLP (c_fc, GELU, c_proj) of every residual block ``transformer.resblocks.<l>.mlp`` is replaced
@@ -20,7 +20,7 @@ open_clip 3.x runs its transformers batch-first ([B, L, D]); a ``Transformer`` w
 ``batch_first=False`` ([L, B, D]) is handled by transposing around the MoE.
 
 Backbones without such MLP blocks (open_clip's ModifiedResNet, e.g. RN50) raise a NeuligError:
-WeMoE is defined only for transformer MLPs (paper.md Table 2a: "not applicable to ResNet-based
+WeMoE is defined only for transformer MLPs (arXiv 2503.01268 Table 2a: "not applicable to ResNet-based
 models"). Training (test-time entropy minimisation) lives in ``neulig.lit.wemoe``.
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ def mlp_prefixes(visual: nn.Module) -> list[str]:
     if not prefixes:
         raise NeuligError(f"merge=wemoe needs a vision transformer with MLP blocks (transformer.resblocks.<l>.mlp); "
                           f"this backbone ({type(visual).__name__}) has none, and WeMoE does not apply to it "
-                          "(paper.md Table 2a); use a ViT model")
+                          "(arXiv 2503.01268 Table 2a); use a ViT model")
     return prefixes
 
 

@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 def register_shipped_configs() -> None:
     """Make the JSON architectures shipped with neulig known to open_clip (idempotent)."""
-    import open_clip
+    from neulig.models.openclip import open_clip
 
     if "neulig-tiny" not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
@@ -26,7 +26,7 @@ def register_shipped_configs() -> None:
 
 def create_clip(arch: str, weights: Path | None = None, seed: int = 0) -> nn.Module:
     """Build an open_clip CLIP model; load ``weights`` (a local state-dict file) when given."""
-    import open_clip
+    from neulig.models.openclip import open_clip
 
     register_shipped_configs()
     if arch not in open_clip.list_models():

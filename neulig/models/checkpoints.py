@@ -7,7 +7,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict
+from neulig.merging.state_dict import StateDict, first_mismatch
 
 
 def save_state(path: Path, state: StateDict, metadata: dict[str, str] | None = None) -> None:
@@ -21,16 +21,7 @@ def load_state(path: Path, reference: StateDict | None = None) -> StateDict:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise NeuligError(f"checkpoint {path} cannot be read ({err}); delete it and rerun to rebuild it") from err
-    if reference is not None:
-        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
-        if missing or extra:
-            raise NeuligError(
-                f"checkpoint {path} does not match the architecture: missing {missing[:3]}, unexpected {extra[:3]}"
-            )
-        for key, ref in reference.items():
-            if state[key].shape != ref.shape or state[key].dtype != ref.dtype:
-                raise NeuligError(
-                    f"checkpoint {path} key {key!r} is {state[key].dtype}{tuple(state[key].shape)}, "
-                    f"expected {ref.dtype}{tuple(ref.shape)}"
-                )
+    problem = None if reference is None else first_mismatch(state, reference, dtypes=True)
+    if problem:
+        raise NeuligError(f"checkpoint {path} does not match the architecture: {problem}")
     return state

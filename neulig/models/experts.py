@@ -10,13 +10,17 @@ match the model's image encoder exactly; floating-point tensors are cast to the 
 Every problem is one line naming the file: missing (checked before anything runs), unreadable or
 truncated, or the first key that is missing, unexpected or of another shape (expected vs found).
 The module imports torch only when a file is read, so the existence check stays cheap.
+
+:func:`image_tower` finds the encoder under any wrapper's prefix and :func:`checked_state` checks and
+casts it; :mod:`neulig.models.expert_sources` uses both to read the other formats (whole pickled
+modules, Hugging Face folders).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from neulig.errors import NeuligError
+from neulig.errors import NeuligError, unreadable
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 VISUAL_PREFIX = "visual."
@@ -37,9 +41,11 @@ def missing_file_message(files: Mapping[str, Path]) -> str | None:
     """The one-line error for the first expert file that does not exist or has an unknown suffix."""
     for name, path in files.items():
         if not path.is_file():
-            return f"expert checkpoint for {name} not found: {path} (model.experts.{name}); give the path of an existing file"
+            return (f"expert checkpoint for {name} not found: {path} (model.experts.{name}); "
+                    "give the path of an existing file")
         if path.suffix not in SUFFIXES:
-            return f"expert checkpoint {path} (model.experts.{name}) must be one of {', '.join(SUFFIXES)}, got {path.suffix!r}"
+            return (f"expert checkpoint {path} (model.experts.{name}) must be one of {', '.join(SUFFIXES)}, "
+                    f"got {path.suffix!r}")
     return None
 
 
@@ -68,9 +74,7 @@ def read_checkpoint(path: Path, where: str | None = None) -> Mapping:
             raise NeuligError(f"expert checkpoint {where} holds Python objects besides tensors, which "
                               "torch.load(weights_only=True) refuses; save the state dict alone, e.g. "
                               "torch.save(model.visual.state_dict(), path)") from err
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise NeuligError(f"expert checkpoint {where} cannot be read ({type(err).__name__}: {reason}); "
-                          "it may be truncated: export it again") from err
+        raise unreadable(f"expert checkpoint {where}", err, "it may be truncated: export it again") from err
     if not isinstance(content, Mapping):
         raise NeuligError(f"expert checkpoint {where} holds a {type(content).__name__}, not a state dict")
     return content
@@ -85,30 +89,52 @@ def unwrap_visual(content: Mapping) -> dict:
     return dict(content)
 
 
-def _shape(value) -> str:
-    shape = getattr(value, "shape", None)
-    return str(tuple(shape)) if shape is not None else type(value).__name__
+def checked_state(state: Mapping, reference: Mapping, arch: str, where: str) -> dict:
+    """``state`` in ``reference``'s key order, floating-point tensors cast to its dtypes; one-line error
+    naming ``where`` and the first mismatching key when the keys or shapes differ."""
+    from neulig.merging.state_dict import first_mismatch
+
+    problem = first_mismatch(state, reference)
+    if problem:
+        raise NeuligError(f"expert checkpoint {where} does not fit the {arch} image encoder: {problem}; "
+                          "give the image encoder fine-tuned from this model")
+    return {k: state[k].to(ref.dtype) if state[k].is_floating_point() else state[k] for k, ref in reference.items()}
 
 
-def first_mismatch(state: Mapping, reference: Mapping) -> str | None:
-    """The first key (in the encoder's order) that is missing or of another shape, else the first
-    unexpected key, described with expected vs found shape; None when ``state`` fits."""
-    for key, ref in reference.items():
-        if key not in state:
-            return f"key {key!r} is missing (expected shape {_shape(ref)})"
-        if getattr(state[key], "shape", None) != ref.shape:
-            return f"key {key!r} has shape {_shape(state[key])}, expected {_shape(ref)}"
-    extra = [k for k in state if k not in reference]
-    return f"unexpected key {extra[0]!r} (shape {_shape(state[extra[0]])})" if extra else None
+def tower_prefixes(state: Mapping, anchor: str) -> list[str]:
+    """Every prefix ``p`` ("" or ending in ".") under which ``state`` has the key ``p + anchor``, shortest first."""
+    found = {key[: len(key) - len(anchor)] for key in map(str, state) if key == anchor or key.endswith("." + anchor)}
+    return sorted(found, key=lambda p: (len(p), p))
+
+
+def image_tower(state: Mapping, reference: Mapping, arch: str, where: str) -> dict:
+    """The image encoder inside a flat state dict whatever wraps it: the prefix (``visual.`` of a CLIP,
+    ``model.visual.`` of a task-vectors ImageEncoder, ``image_encoder.model.visual.`` of its
+    ImageClassifier, none for a bare tower, ...) under which the keys and shapes match ``reference``
+    exactly; checked and cast as :func:`checked_state`. One-line error naming what was found otherwise."""
+    from neulig.merging.state_dict import first_mismatch
+
+    anchor = next(iter(reference))
+    prefixes = tower_prefixes(state, anchor)
+    if not prefixes:
+        sample = ", ".join(repr(k) for k in list(state)[:3])
+        raise NeuligError(f"expert checkpoint {where} holds no {arch} image encoder: no key ends with {anchor!r} "
+                          f"({len(state)} tensors, e.g. {sample}); give a checkpoint of this model")
+    candidates = []
+    for prefix in prefixes:
+        sub = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
+        problem = first_mismatch(sub, reference)
+        if problem is None:
+            return checked_state(sub, reference, arch, where)
+        candidates.append((sum(k in sub for k in reference), prefix, problem))
+    _, prefix, problem = max(candidates, key=lambda c: c[0])
+    raise NeuligError(f"expert checkpoint {where} does not fit the {arch} image encoder: under "
+                      f"{repr(prefix) if prefix else 'the top level'}, {problem}; give the image encoder "
+                      "fine-tuned from this model")
 
 
 def load_expert_file(path: Path, reference: Mapping, arch: str, name: str) -> dict:
     """The checked image-encoder state dict in ``path`` (the expert of dataset ``name``) for an encoder
     whose state dict is ``reference`` (shapes and dtypes; meta tensors are enough)."""
     where = f"{path} (model.experts.{name})"
-    state = unwrap_visual(read_checkpoint(path, where))
-    problem = first_mismatch(state, reference)
-    if problem:
-        raise NeuligError(f"expert checkpoint {where} does not fit the {arch} image encoder: {problem}; "
-                          "give the image encoder fine-tuned from this model")
-    return {k: state[k].to(ref.dtype) if state[k].is_floating_point() else state[k] for k, ref in reference.items()}
+    return checked_state(unwrap_visual(read_checkpoint(path, where)), reference, arch, where)

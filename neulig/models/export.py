@@ -11,22 +11,23 @@ or, with open_clip alone (call ``neulig.models.backbone.register_shipped_configs
 shipped ``neulig-tiny`` architecture), ``open_clip.create_model(arch, pretrained=path)`` loads it
 strictly (no missing or unexpected keys).
 
-Which files a run writes (``merged_files``): a static method's ``merged.safetensors``; for Portland,
-whose merge depends on the input, ``merged_global.safetensors`` (mean β over every validation
-split) and ``merged_task/<dataset>.safetensors`` (mean β over that dataset's validation split),
-the models behind ``acc/merged_global`` and ``acc/merged_task``. With several dataset combinations
+Which files a run writes: the merged models its results define (``ComboResult.merged``): a static
+method's or AdaMerging's ``merged.safetensors``; for Portland, whose merge depends on the input,
+``merged_global.safetensors`` (mean β over every validation split) and
+``merged_task/<dataset>.safetensors`` (mean β over that dataset's validation split), the models behind
+``acc/merged_global`` and ``acc/merged_task``. With several dataset combinations
 (``data.num_co_models``) each combination's files go under ``<d1+d2+...>/``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict
+from neulig.merging.state_dict import StateDict, first_mismatch
 
 ARCH_KEY = "open_clip_arch"  # safetensors metadata: the architecture name to pass to open_clip
 
@@ -34,11 +35,10 @@ ARCH_KEY = "open_clip_arch"  # safetensors metadata: the architecture name to pa
 def clip_state(backbone_state: StateDict, visual_state: StateDict) -> StateDict:
     """The backbone's full CLIP state dict with ``visual.*`` replaced by ``visual_state`` (same order
     and dtypes as the backbone; every tensor its own CPU copy)."""
-    visual_keys = {k[len("visual."):] for k in backbone_state if k.startswith("visual.")}
-    if visual_keys != set(visual_state):
-        missing, extra = sorted(visual_keys - set(visual_state)), sorted(set(visual_state) - visual_keys)
-        raise NeuligError(f"merged encoder does not match the backbone's visual tower: missing {missing[:3]}, "
-                          f"unexpected {extra[:3]}")
+    visual = {k[len("visual."):]: v for k, v in backbone_state.items() if k.startswith("visual.")}
+    problem = first_mismatch(visual_state, visual)
+    if problem:
+        raise NeuligError(f"merged encoder does not match the backbone's visual tower: {problem}")
     out = {}
     for key, value in backbone_state.items():
         source = visual_state[key[len("visual."):]] if key.startswith("visual.") else value
@@ -56,35 +56,16 @@ def save_clip(path: Path, state: StateDict, arch: str) -> Path:
     return path
 
 
-def merged_visual_states(result: dict, merged_state: StateDict | None,
-                         experts: Sequence[StateDict]) -> Iterator[tuple[str, StateDict]]:
-    """(file name, merged visual state) of every merged model one combination defines, one at a time.
-
-    ``merged_state``: a static method's merge; ``result``: the combination's result, whose Portland
-    coefficients (``global_beta``, ``task_beta``) are applied to ``experts`` as evaluation did."""
-    if merged_state is not None:
-        yield "merged.safetensors", merged_state
-    if "global_beta" not in result:
-        return
-    from neulig.merging.flat import FlatStack
-
-    flat = FlatStack(list(experts), device="cpu")
-    yield "merged_global.safetensors", flat.combine(torch.tensor(result["global_beta"]))
-    for name, beta in result.get("task_beta", {}).items():
-        yield f"merged_task/{name}.safetensors", flat.combine(torch.tensor(beta))
-
-
-def save_merged(run_dir: Path, combos: list[dict], backbone: nn.Module, arch: str) -> dict[str, Path]:
-    """Write every combination's merged models under ``run_dir``; returns {relative name: path}.
-
-    ``combos``: the pipeline's combination records (``datasets``, ``result``, ``merged_state``,
-    ``experts``)."""
+def save_merged(run_dir: Path, combos: Sequence, backbone: nn.Module, arch: str) -> dict[str, Path]:
+    """Write every combination's merged models (``ComboResult.merged``) under ``run_dir``, one at a time;
+    returns {relative name: path}. With several combinations each one's files go under ``<d1+d2+...>/``."""
     backbone_state = backbone.state_dict()
     written: dict[str, Path] = {}
     for combo in combos:
-        prefix = "" if len(combos) == 1 else "+".join(combo["datasets"]) + "/"
-        for name, visual in merged_visual_states(combo["result"], combo.get("merged_state"), combo["experts"]):
-            written[prefix + name] = save_clip(run_dir / (prefix + name), clip_state(backbone_state, visual), arch)
+        prefix = "" if len(combos) == 1 else "+".join(combo.datasets) + "/"
+        for model in combo.merged:
+            name = f"{prefix}{model.name}.safetensors"
+            written[name] = save_clip(run_dir / name, clip_state(backbone_state, model.weights()), arch)
     return written
 
 
@@ -104,9 +85,8 @@ def checkpoint_arch(path: str | Path) -> str:
 
 def load_merged(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The open_clip CLIP model of a merged checkpoint written by neulig, in eval mode."""
-    import open_clip
-
     from neulig.models.backbone import register_shipped_configs
+    from neulig.models.openclip import open_clip
 
     register_shipped_configs()
     model = open_clip.create_model(checkpoint_arch(path), pretrained=str(path), device=device)

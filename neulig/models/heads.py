@@ -2,7 +2,7 @@
 
 For each class, the text embeddings of all templates filled with the class name are L2-normalised,
 averaged and re-normalised (open_clip ``build_zero_shot_classifier``); the head multiplies by CLIP's
-logit scale. A head maps a raw image feature z to logits  s * normalize(z) @ W^T  (paper.md §3.4).
+logit scale. A head maps a raw image feature z to logits  s * normalize(z) @ W^T  (docs/neural_ligand.md §4).
 """
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ def pretrain_tiny(clip: nn.Module, tokenizer, steps: int, batch_size: int, lr: f
     optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
     )
     generator = torch.Generator().manual_seed(seed)
     # every caption the corpus can produce, tokenised once: [concepts, templates_per_concept, L]

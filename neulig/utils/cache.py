@@ -16,8 +16,8 @@ import os
 import shutil
 import socket
 import tempfile
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 CACHE_VERSION = 1

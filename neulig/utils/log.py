@@ -31,3 +31,14 @@ def quiet_lightning() -> None:
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
+
+
+def quiet_libraries() -> None:
+    """No warning spam on a normal run: Lightning's banners and tips are not news to our users."""
+    import warnings
+
+    quiet_lightning()  # again before every Trainer: a later first import of lightning resets the levels
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")  # trainer=cpu is a choice

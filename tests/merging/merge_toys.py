@@ -78,3 +78,15 @@ def assert_params_differ(out: dict, ref: dict) -> None:
 
 DTYPES = [torch.float32, torch.float64]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+_VISUAL: dict = {}
+
+
+def tiny_visual():
+    """The tiny open_clip ViT's image tower, randomly initialised (built once per session)."""
+    from neulig.stages.backbone import create_quietly
+
+    if "visual" not in _VISUAL:
+        _VISUAL["visual"] = create_quietly("neulig-tiny", None, 0).visual.eval()
+    return _VISUAL["visual"]

@@ -1,23 +1,19 @@
-"""AdaMerging (arXiv 2310.02575) against the hand-checkable oracles of methods.md §9, plus a runner smoke test.
+"""AdaMerging (arXiv 2310.02575) against the hand-checkable oracles of docs/methods.md §9, plus a runner smoke test.
 
-``tiny_combo`` (a Combo of 2 fake experts on the tiny open_clip ViT and 2 small TensorImages datasets)
+tests/methods/toys.py (a Combination of 2 fake experts on the tiny open_clip ViT and 2 small datasets)
 is shared with test_wemoe.py.
 """
 from __future__ import annotations
 
-import copy
-import functools
 import math
 
 import pytest
 import torch
 
-from merge_toys import assert_close, make_family
 from neulig.errors import NeuligError
 from neulig.merging.adamerging import AdaMergingWeights, entropy, entropy_objective, merge_params
 from neulig.merging.state_dict import classify_keys
-
-TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "deterministic": False}
+from tests.merging.merge_toys import assert_close, make_family
 
 
 def scalar_family(theta_0, taus):
@@ -105,65 +101,3 @@ def test_clamp_freezes_lambda_outside_unit_interval(lam0):
 def test_entropy_is_softmax_times_log_softmax():
     assert entropy(torch.zeros(2, 4)).tolist() == pytest.approx([math.log(4)] * 2)
     assert entropy_objective([torch.zeros(3, 2), torch.zeros(1, 4)]).item() == pytest.approx(math.log(2) + math.log(4))
-
-
-# -- a tiny Combo on the real tiny open_clip ViT, shared with test_wemoe.py -------------------------------
-_CLIP = {}
-
-
-def tiny_visual():
-    from neulig.stages import _quiet_create
-
-    if "visual" not in _CLIP:
-        _CLIP["visual"] = _quiet_create("neulig-tiny", None, 0).visual.eval()
-    return _CLIP["visual"]
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_combo(num_test: int = 24):
-    """2 fake experts (perturbed copies of the tiny visual) on 2 random 3-class TensorImages datasets
-    (cached: the runners never modify a Combo)."""
-    from neulig.combine import Combo
-    from neulig.data.base import DatasetSpec, LoadedDataset, TensorImages
-    from neulig.stages import encode
-
-    visual = tiny_visual()
-    g = torch.Generator().manual_seed(0)
-    base = {k: v.detach().clone() for k, v in visual.state_dict().items()}
-    experts = [{k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(2)]
-    names, datasets, heads, features = ["alpha", "beta"], {}, {}, {}
-    for name in names:
-        images = TensorImages(torch.randint(0, 256, (num_test, 3, 32, 32), dtype=torch.uint8, generator=g),
-                              torch.randint(0, 3, (num_test,), generator=g))
-        datasets[name] = LoadedDataset(DatasetSpec(name, ("a", "b", "c"), ("{}",)), images, images, images)
-        heads[name] = 10 * torch.nn.functional.normalize(torch.randn(3, visual.output_dim, generator=g), dim=-1)
-    scratch = copy.deepcopy(visual)
-    for name in names:
-        per_expert = []
-        for state in experts:
-            scratch.load_state_dict(state)
-            per_expert.append(encode(scratch, datasets[name].test, 64, torch.device("cpu")))
-        stacked = torch.stack(per_expert, 1)
-        features[name] = {"train": stacked, "val": stacked, "test": stacked}
-    return Combo(names=names, datasets=datasets, heads=heads, base=base, experts=experts, features=features,
-                 visual=visual, device=torch.device("cpu"), eval_batch_size=64)
-
-
-def check_result(result: dict, combo) -> None:
-    for kind in ("merged", "ensembled"):
-        assert set(result[kind]) == set(combo.names)
-        assert all(0.0 <= v <= 100.0 for v in result[kind].values())
-
-
-@pytest.mark.parametrize("granularity", ["layer", "task"])
-def test_runner_smoke(granularity):
-    from neulig.tta import run_adamerging
-
-    combo = tiny_combo()
-    cfg = {"name": "adamerging", "granularity": granularity, "steps": 3, "lr": 1e-2, "batch_size": 4,
-           "batches_per_task": 2, "init_lambda": 0.3, "log_every": 1}
-    result, history = run_adamerging(combo, cfg, TRAINER, "features", 0, [])
-    check_result(result, combo)
-    assert [h["epoch"] for h in history] == [1, 2, 3] and all("train/loss" in h for h in history)
-    assert any(abs(v - 0.3) > 1e-4 for v in result["lambda_mean"].values())  # the lambdas did move
-    assert sum(result["coefficients"].values()) == pytest.approx(1.0)

@@ -16,7 +16,7 @@ def sd(w, b=None, count=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_average_oracle_mtda_midpoint(dtype):
-    # methods.md §3: theta_1 = [1, 3], theta_2 = [3, -1] -> midpoint [2, 1]
+    # docs/methods.md §3: theta_1 = [1, 3], theta_2 = [3, -1] -> midpoint [2, 1]
     e1, e2 = {"w": torch.tensor([1.0, 3.0], dtype=dtype)}, {"w": torch.tensor([3.0, -1.0], dtype=dtype)}
     out = average.merge({"w": torch.zeros(2, dtype=dtype)}, [e1, e2])
     assert out["w"].dtype == dtype
@@ -46,5 +46,5 @@ def test_single_expert_returns_it_and_mismatch_fails():
     torch.testing.assert_close(out["w"], e["w"])
     with pytest.raises(NeuligError, match="shape"):
         average.merge(sd([0.0, 0.0]), [sd([1.0, 2.0, 3.0])])
-    with pytest.raises(NeuligError, match="missing keys"):
+    with pytest.raises(NeuligError, match="key 'b' is missing"):
         average.merge(sd([0.0], [0.0]), [sd([1.0])])

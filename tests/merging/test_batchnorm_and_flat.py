@@ -1,5 +1,4 @@
-"""BatchNorm pooling (methods.md §3 oracles) and the on-device flat merge vs a per-key reference."""
-import pytest
+"""BatchNorm pooling (docs/methods.md §3 oracles) and the on-device flat merge vs a per-key reference."""
 import torch
 from torch import nn
 from torch.func import functional_call

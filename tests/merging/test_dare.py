@@ -1,12 +1,19 @@
-"""DARE (+ Task Arithmetic): methods.md §5 oracles, seeding, and merge properties."""
+"""DARE (+ Task Arithmetic): docs/methods.md §5 oracles, seeding, and merge properties."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import dare, task_arithmetic
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 TAU = [0.2, -0.4, 0.6, 0.8]
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.merging import dare_ties, ties
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 TAU = [0.2, -0.4, 0.6, 0.8]
 MASKS = [{"w": torch.tensor([1, 0, 1, 0], dtype=torch.bool)}, {"w": torch.tensor([0, 1, 0, 1], dtype=torch.bool)}]
@@ -40,7 +47,3 @@ def test_seeded_and_properties():
     one = dare_ties.merge(base, experts[:1], p=0.0, density=1.0, scaling=1.0)
     assert_params_close(one, experts[0], atol=1e-6)
     check_buffers(a, base, experts)
-
-
-def test_ensemble_weights_uniform():
-    assert dare_ties.ensemble_weights(2, p=0.5, density=0.2) == [0.5, 0.5]

@@ -1,4 +1,4 @@
-"""Fisher merging: methods.md §7 merge and estimation oracles, estimator paths, merge properties."""
+"""Fisher merging: docs/methods.md §7 merge and estimation oracles, estimator paths, merge properties."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import average, fisher
 from neulig.merging.state_dict import normalized
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 X = torch.tensor([[1.0, 2.0]])
 EXACT = [[0.1875, 0.75], [0.1875, 0.75]]

@@ -1,13 +1,20 @@
-"""LiNeS: methods.md §11 oracle, explicit block maps, multi-task alpha, merge properties."""
+"""LiNeS: docs/methods.md §11 oracle, explicit block maps, multi-task alpha, merge properties."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import lines, ties
 from neulig.merging.task_vectors import param_keys, stack_task_vectors, unflatten
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -18,7 +25,8 @@ def test_scaling_oracle(dtype):
     blocks, count = lines.block_map(tau)
     assert count == 4
     scales = lines.block_scales(blocks, count, 0.2, 0.6)
-    assert [scales[f"blocks.{l}.{n}"] for l, n in ((0, "a"), (1, "a"), (2, "mlp.w"), (3, "b"))] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    keys = [f"blocks.{block}.{n}" for block, n in ((0, "a"), (1, "a"), (2, "mlp.w"), (3, "b"))]
+    assert [scales[k] for k in keys] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     out = lines.scale_task_vector(tau, 0.2, 0.6, blocks, count)
     assert_close(out["blocks.2.mlp.w"], [0.6, -1.2])
     assert_close(out["ln_post.w"], [0.2])
@@ -74,7 +82,8 @@ def test_merge_on_ties_vector_uses_l1_alpha():
     tau = unflatten(merged, base, keys)
     out = lines.merge(base, experts, beta=0.4, task_vector="ties")
     assert_close(out["conv1.weight"], base["conv1.weight"] + alpha * tau["conv1.weight"], atol=1e-6)
-    assert_close(out["layer2.0.conv1.weight"], base["layer2.0.conv1.weight"] + (alpha + 0.4) * tau["layer2.0.conv1.weight"], atol=1e-6)
+    key = "layer2.0.conv1.weight"
+    assert_close(out[key], base[key] + (alpha + 0.4) * tau[key], atol=1e-6)
 
 
 def test_one_expert_and_zero_scale():
@@ -90,7 +99,8 @@ def test_one_expert_and_zero_scale():
 def test_expert_order_does_not_matter():
     base, experts = make_family(3, torch.float64)
     for tv in ("sum", "ties"):
-        assert_params_close(lines.merge(base, experts, task_vector=tv), lines.merge(base, experts[::-1], task_vector=tv), atol=1e-9)
+        assert_params_close(lines.merge(base, experts, task_vector=tv), lines.merge(base, experts[::-1], task_vector=tv),
+                            atol=1e-9)
 
 
 def test_backbone_without_blocks_raises():
@@ -99,7 +109,3 @@ def test_backbone_without_blocks_raises():
         lines.merge(base, [{"fc.weight": torch.ones(2, 2)}])
     with pytest.raises(NeuligError):
         lines.merge(*make_family(2), task_vector="average")
-
-
-def test_ensemble_weights_uniform():
-    assert lines.ensemble_weights(3, beta=0.5) == pytest.approx([1 / 3] * 3)

@@ -1,7 +1,6 @@
-"""Every static conf/merge/*.yaml resolves to a pure merge whose signature takes its hparams."""
+"""Every static conf/merge/*.yaml drives a pure merge whose signature takes its hparams and statistics."""
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 
@@ -9,39 +8,31 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from merge_toys import check_buffers, make_family
-
-
-def resolve(path: str):
-    """The function a yaml's ``fn`` names (as neulig.combine.resolve)."""
-    module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
+from neulig.methods.resolve import resolve
+from neulig.methods.static import hyperparameters
+from tests.merging.merge_toys import check_buffers, make_family
+from tests.methods.toys import method
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "merge"
 STATIC = sorted(p.stem for p in CONF.glob("*.yaml") if OmegaConf.load(p).get("kind") == "static")
-STATISTICS = {"fisher": "fishers", "grams": "grams"}
 
 
-def extra_inputs(needs, experts):
-    if needs == "fisher":
+def statistics(argument: str, experts: list) -> dict:
+    """Stand-in statistics of the right shape: all-ones Fishers, identity Grams."""
+    if argument == "fishers":
         return {"fishers": [{k: torch.ones_like(v) for k, v in e.items() if v.is_floating_point()} for e in experts]}
-    if needs == "grams":
-        return {"grams": [{"attnpool.c_proj.weight": torch.eye(3)} for _ in experts]}
-    return {}
+    return {"grams": [{"attnpool.c_proj.weight": torch.eye(3)} for _ in experts]}
 
 
 @pytest.mark.parametrize("name", STATIC)
 def test_static_config_runs_with_its_defaults(name):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    config = method(name)
     assert (CONF / f"{name}.yaml").read_text().startswith("#"), "header comment with the formula"
-    fn = resolve(cfg["fn"])
-    hparams = dict(cfg.get("hparams") or {})
-    assert cfg.get("needs") in (None, *STATISTICS)
-    inspect.signature(fn).bind(None, None, **hparams, **({STATISTICS[cfg["needs"]]: None} if cfg.get("needs") else {}))
+    fn, hparams = resolve(config.fn), hyperparameters(config)
+    extra = {config.statistics.argument: None} if config.statistics else {}
+    inspect.signature(fn).bind(None, None, **hparams, **extra)
     base, experts = make_family(3)
-    out = fn(base, experts, **hparams, **extra_inputs(cfg.get("needs"), experts))
+    out = fn(base, experts, **hparams, **(statistics(config.statistics.argument, experts) if config.statistics else {}))
     check_buffers(out, base, experts)
-    weights_fn = getattr(importlib.import_module(fn.__module__), "ensemble_weights", None)
-    if weights_fn is not None:
-        assert sum(weights_fn(3, **hparams)) == pytest.approx(1.0)
+    if config.ensemble_weights:
+        assert sum(resolve(config.ensemble_weights)(3, **hparams)) == pytest.approx(1.0)

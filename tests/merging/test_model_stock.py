@@ -1,4 +1,4 @@
-"""Model Stock: methods.md §1 oracles A, B (both N > 2 reductions), C, and merge properties."""
+"""Model Stock: docs/methods.md §1 oracles A, B (both N > 2 reductions), C, and merge properties."""
 from __future__ import annotations
 
 import logging
@@ -6,10 +6,17 @@ import logging
 import pytest
 import torch
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import average, model_stock
 from neulig.utils.log import log
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 
 def states(base, deltas, dtype):
@@ -48,7 +55,8 @@ def test_oracle_c_ignored_key_gets_plain_average(dtype):
     assert model_stock.merge(base, experts, ignore=["w"])["w"].tolist() == [4.0]
     # the same experts with a second key that is not ignored: only "w" is forced to the average
     base["v"] = torch.tensor([1.0, 1.0], dtype=dtype)
-    experts[0]["v"], experts[1]["v"] = base["v"] + torch.tensor([1.0, 0.0], dtype=dtype), base["v"] + torch.tensor([1.0, 1.0], dtype=dtype)
+    experts[0]["v"] = base["v"] + torch.tensor([1.0, 0.0], dtype=dtype)
+    experts[1]["v"] = base["v"] + torch.tensor([1.0, 1.0], dtype=dtype)
     out = model_stock.merge(base, experts, ignore=["w"])
     assert out["w"].tolist() == [4.0]
     assert_close(out["v"], [1.828427, 1.414214], atol=1e-6)

@@ -8,8 +8,14 @@ Gram [[0.5, -0.5], [-0.5, 0.5]] (normalised by its mean diagonal: [[1, -1], [-1,
 import pytest
 import torch
 
-from neulig.merging.portland import (Portland, alignment_loss, consistency_loss, ensemble_features,
-                                     offset_statistics, portland_loss)
+from neulig.merging.portland import (
+    Portland,
+    ensemble_features,
+    loss_sums,
+    normalized_gram,
+    offset_statistics,
+    portland_loss,
+)
 from neulig.models.heads import head_logits
 
 BETA = torch.tensor([[0.2689414213699951, 0.7310585786300049]])
@@ -28,7 +34,7 @@ def setup():
 
 
 def test_parameter_count_is_d_T_squared_plus_T():
-    assert sum(p.numel() for p in Portland(5, 512).parameters()) == 12805  # paper.md §3.2, ViT-B/32, T = 5
+    assert sum(p.numel() for p in Portland(5, 512).parameters()) == 12805  # docs/neural_ligand.md §2, ViT-B/32, T = 5
 
 
 def test_coopvec_and_ensemble(setup):
@@ -47,28 +53,52 @@ def test_offset_statistics(setup):
     torch.testing.assert_close(gram, torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
 
 
+def l_a(beta, regularizer, statistic):
+    """L_a alone: the sup term is computed on a dummy batch and discarded."""
+    features = torch.zeros(beta.shape[0], beta.shape[1], 2)
+    return loss_sums(beta, features, torch.eye(2), torch.zeros(beta.shape[0], dtype=torch.long), "sup", regularizer,
+                     statistic)[1] / beta.shape[0]
+
+
 def test_consistency_losses(setup):
     *_, theta = setup
     eps_star, gram = offset_statistics(theta)
-    torch.testing.assert_close(consistency_loss(BETA, eps_star=eps_star), torch.tensor(0.10677613351703626))
-    torch.testing.assert_close(consistency_loss(BETA, gram=gram), torch.tensor(0.21355226703407262))
-    # uniform CoopVec satisfies the weighted-offset constraint exactly (paper.md Corollary R3)
+    torch.testing.assert_close(l_a(BETA, "reference", eps_star), torch.tensor(0.10677613351703626))
+    torch.testing.assert_close(normalized_gram(gram), torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+    torch.testing.assert_close(l_a(BETA, "exact", normalized_gram(gram)), torch.tensor(0.21355226703407262))
+    # uniform CoopVec satisfies the weighted-offset constraint exactly (arXiv 2503.01268 §3)
     uniform = torch.full((1, 2), 0.5)
-    assert consistency_loss(uniform, eps_star=eps_star).item() == pytest.approx(0.0, abs=1e-12)
+    assert l_a(uniform, "reference", eps_star).item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_alignment_losses():
-    logits = torch.tensor([[3.4525776171161966, 9.38507899795139]])
-    torch.testing.assert_close(alignment_loss(logits, torch.tensor([0]), "sup"), torch.tensor(5.935149711333068))
-    torch.testing.assert_close(alignment_loss(logits, None, "semi"), torch.tensor(0.018336769119009624))
-    with pytest.raises(ValueError, match="alignment"):
-        alignment_loss(logits, None, "other")
+def test_sup_and_semi_terms(setup):
+    portland, features, head, theta = setup
+    eps_star, _ = offset_statistics(theta)
+    beta = portland(features)
+    sup, _ = loss_sums(beta, features, head, torch.tensor([0]), "sup", "reference", eps_star)
+    semi, _ = loss_sums(beta, features, head, None, "semi", "reference", eps_star)
+    torch.testing.assert_close(sup, torch.tensor(5.935149711333068))
+    torch.testing.assert_close(semi, torch.tensor(0.018336769119009624))
+    with pytest.raises(ValueError, match="loss"):
+        loss_sums(beta, features, head, None, "other", "reference", eps_star)
 
 
 def test_total_loss_is_lb_plus_la_over_scaling(setup):
     portland, features, head, theta = setup
     eps_star, _ = offset_statistics(theta)
-    loss, parts = portland_loss(portland, features, torch.tensor([0]), head, "sup", 100.0, eps_star=eps_star)
+    loss, parts = portland_loss(portland, features, torch.tensor([0]), head, "sup", 100.0, "reference", eps_star)
     torch.testing.assert_close(loss, torch.tensor(5.935149711333068 + 0.10677613351703626 / 100))
     loss.backward()
     assert portland.linear.weight.grad.abs().sum() > 0
+
+
+def test_batch_terms_are_sums_over_samples(setup):
+    """Doubling a batch doubles both sums and leaves the mean loss unchanged (what DDP's split relies on)."""
+    portland, features, head, theta = setup
+    eps_star, _ = offset_statistics(theta)
+    beta = portland(features)
+    one = loss_sums(beta, features, head, torch.tensor([0]), "sup", "reference", eps_star)
+    two = loss_sums(beta.repeat(2, 1), features.repeat(2, 1, 1), head, torch.tensor([0, 0]), "sup", "reference",
+                    eps_star)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(2 * a, b)

@@ -1,4 +1,4 @@
-"""RegMean: methods.md §8 oracle, Gram collection with hooks, and merge properties."""
+"""RegMean: docs/methods.md §8 oracle, Gram collection with hooks, and merge properties."""
 from __future__ import annotations
 
 import pytest
@@ -6,10 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merge_toys import DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import average, regmean
 from neulig.merging.state_dict import normalized
+from tests.merging.merge_toys import (
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 G1, G2 = [[2.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 3.0]]
 
@@ -53,7 +60,6 @@ def test_equal_grams_give_the_weighted_average():
         out = regmean.merge(base, experts, grams, weights=weights)
         assert_params_close(out, average.merge(base, experts, weights=weights), atol=1e-6)
         check_buffers(out, base, experts, normalized(weights, 3))
-    assert regmean.ensemble_weights(2, weights=[1.0, 3.0], alpha=1.0) == [0.25, 0.75]
 
 
 def test_properties():

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merge_toys import assert_close
 from neulig.errors import NeuligError
 from neulig.merging import fisher, lines, regmean
+from tests.merging.merge_toys import assert_close
 
 pytestmark = pytest.mark.slow
 

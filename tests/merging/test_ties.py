@@ -1,12 +1,20 @@
-"""TIES-Merging: methods.md §4 oracle (both trim counts) and merge properties."""
+"""TIES-Merging: docs/methods.md §4 oracle (both trim counts) and merge properties."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from merge_toys import DEVICES, DTYPES, assert_close, assert_params_close, assert_params_differ, check_buffers, make_family
 from neulig.errors import NeuligError
 from neulig.merging import ties
+from tests.merging.merge_toys import (
+    DEVICES,
+    DTYPES,
+    assert_close,
+    assert_params_close,
+    assert_params_differ,
+    check_buffers,
+    make_family,
+)
 
 TAUS = [[0.5, -0.1, 0.3, -0.4, 0.05], [-0.2, 0.6, 0.1, -0.3, 0.02], [0.4, -0.5, -0.05, 0.2, 0.01]]
 
@@ -127,7 +135,3 @@ def test_buffers_dtype_device(dtype, device):
     base = {k: v.to(device) for k, v in base.items()}
     experts = [{k: v.to(device) for k, v in e.items()} for e in experts]
     check_buffers(ties.merge(base, experts), base, experts)
-
-
-def test_ensemble_weights_uniform():
-    assert ties.ensemble_weights(4, density=0.2, scaling=1.0) == [0.25] * 4

@@ -1,4 +1,4 @@
-"""WeMoE (arXiv 2402.00433) against the oracles of methods.md §10, on toys and on the real tiny open_clip ViT."""
+"""WeMoE (arXiv 2402.00433) against the oracles of docs/methods.md §10, on toys and on the real tiny open_clip ViT."""
 from __future__ import annotations
 
 import pytest
@@ -6,12 +6,18 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from merge_toys import assert_close
 from neulig.errors import NeuligError
 from neulig.merging import task_arithmetic
-from neulig.merging.wemoe import (Router, WeightEnsemblingMLP, WeMoE, ensemble_coefficients, mlp_prefixes,
-                                  per_sample_linear, per_sample_weight)
-from test_adamerging import TRAINER, check_result, tiny_combo, tiny_visual
+from neulig.merging.wemoe import (
+    Router,
+    WeightEnsemblingMLP,
+    WeMoE,
+    ensemble_coefficients,
+    mlp_prefixes,
+    per_sample_linear,
+    per_sample_weight,
+)
+from tests.merging.merge_toys import assert_close, tiny_visual
 
 
 # -- router and per-sample weights ----------------------------------------------------------------------
@@ -132,16 +138,3 @@ def test_resnet_backbone_is_refused_in_one_line():
     with pytest.raises(NeuligError, match="does not apply") as err:
         mlp_prefixes(resnet)
     assert "\n" not in str(err.value)
-
-
-def test_runner_smoke():
-    from neulig.tta import run_wemoe
-
-    combo = tiny_combo()
-    cfg = {"name": "wemoe", "steps": 3, "lr": 1e-2, "batch_size": 4, "init_lambda": 0.3,
-           "router_hidden_layers": 2, "log_every": 1}
-    result, history = run_wemoe(combo, cfg, TRAINER, "features", 0, [])
-    check_result(result, combo)
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert all("train/loss" in h and "lr" in h for h in history)
-    assert all(len(v) == 2 and sum(v) == pytest.approx(1.0) for v in result["routing_mean"].values())

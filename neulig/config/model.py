@@ -1,0 +1,84 @@
+"""Schema of ``conf/model/``: the backbone, how experts are fine-tuned from it, and where they come from."""
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from neulig.config.fields import ConfigError, mapping, non_negative, positive
+
+# the offline pretraining of neulig's own tiny backbone (``pretrained: neulig``)
+SHIPPED_PRETRAINING = "neulig"
+
+
+@dataclass
+class PretrainConfig:
+    """Offline contrastive pretraining of the tiny backbone on generated image-caption pairs."""
+
+    steps: int = positive()
+    batch_size: int = positive()
+    lr: float = positive()
+    n_per_family: int = positive()  # generated images per concept family
+    seed: int = MISSING
+
+
+@dataclass
+class FinetuneConfig:
+    """How each expert is fine-tuned from the backbone (AdamW, warm-up + cosine, gradient clipping)."""
+
+    epochs: int = positive()
+    batch_size: int = positive()
+    lr: float = positive()
+    weight_decay: float = non_negative()
+    warmup_steps: int = non_negative()
+    grad_clip: float = non_negative()  # 0: no clipping
+    num_workers: int = non_negative()
+    epochs_per_dataset: Any = mapping(int, "{dataset: epochs}")  # overrides `epochs` per dataset
+    compile: bool = False  # CUDA only: torch.compile of the encoder (speed; not in the expert cache key)
+    channels_last: bool = False  # CUDA only: NHWC weights and inputs (speed; not in the cache key)
+
+    def check(self, prefix: str) -> None:
+        for name, epochs in (self.epochs_per_dataset or {}).items():
+            if epochs < 1:
+                raise ConfigError(f"{prefix}epochs_per_dataset.{name}", epochs, "an integer >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """An open_clip backbone: ``pretrained`` is a tag whose weights lie in ``paths.weights_dir``,
+    ``neulig`` (the tiny backbone's own offline pretraining, ``pretrain``), or null (random init)."""
+
+    name: str = MISSING
+    arch: str = MISSING
+    pretrained: Optional[str] = MISSING
+    image_size: int = positive()
+    finetune: FinetuneConfig = MISSING
+    pretrain: Optional[PretrainConfig] = None
+    # diverse-origin experts: starting checkpoints cycled over the datasets (pretraining seeds when
+    # pretrained=neulig, pretrained tags otherwise)
+    origins: Optional[List[str]] = None
+    experts: Any = mapping(str, "{dataset: checkpoint file}")  # your own fine-tuned experts
+    init_seed: int = 0  # seed of the random initialisation when pretrained=null
+
+    def check(self, prefix: str) -> None:
+        if self.pretrained == SHIPPED_PRETRAINING and self.pretrain is None:
+            raise ConfigError(f"{prefix}pretrain", None, f"required when {prefix}pretrained={SHIPPED_PRETRAINING}")
+        if self.origins is not None:
+            if len(self.origins) == 0:
+                raise ConfigError(f"{prefix}origins", [], "null or a non-empty list of starting checkpoints")
+            if self.pretrained == SHIPPED_PRETRAINING and not all(_is_int(o) for o in self.origins):
+                raise ConfigError(f"{prefix}origins", self.origins, "pretraining seeds (integers) for this backbone")
+            if self.pretrained is None:
+                raise ConfigError(f"{prefix}origins", self.origins,
+                                  f"null when {prefix}pretrained=null (a random init has one origin)")
+
+    def origin_seeds(self) -> Optional[List[int]]:
+        return None if self.origins is None else [int(o) for o in self.origins]
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+

@@ -1,0 +1,73 @@
+"""What a method sees of one dataset combination, and the evaluations every method shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from neulig.config.trainer import TrainerConfig
+from neulig.data.base import LoadedDataset
+from neulig.evaluate import accuracy, ensemble_logits, feature_accuracy, merged_features
+from neulig.merging.state_dict import StateDict
+from neulig.stages.features import SplitFeatures
+
+
+@dataclass(frozen=True)
+class Context:
+    """Run-wide settings a method needs besides its own options."""
+
+    trainer: TrainerConfig
+    seed: int
+    level: str  # ensemble.level: features | logits
+    callbacks: tuple = ()
+
+
+@dataclass
+class Combination:
+    """T datasets with their experts, everything already cached and loaded.
+
+    ``features[d]`` stacks every expert's features on dataset d: [N, T, d_feat] per split (expert t
+    in the order of ``names``).
+    """
+
+    names: list[str]
+    datasets: dict[str, LoadedDataset]
+    heads: dict[str, Tensor]
+    base: StateDict  # theta_0 of anchored methods
+    experts: list[StateDict]
+    features: dict[str, SplitFeatures]
+    visual: nn.Module  # the architecture; weights are passed to it with functional_call
+    device: torch.device
+    eval_batch_size: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def labels(self, name: str, split: str) -> Tensor:
+        return getattr(self.datasets[name], split).labels
+
+    def merged_accuracy(self, state: StateDict, split: str = "test", names: list[str] | None = None) -> dict[str, float]:
+        """Accuracy of one merged encoder on ``split`` of each dataset (default: all), with its head."""
+        return {d: feature_accuracy(merged_features(self.visual, state, getattr(self.datasets[d], split),
+                                                    self.eval_batch_size, self.device),
+                                    self.labels(d, split), self.heads[d])
+                for d in (names or self.names)}
+
+    def ensemble_accuracy(self, coeffs: Tensor | Callable[[str], Tensor], level: str) -> dict[str, float]:
+        """Accuracy of the experts' ensemble on each test split; ``coeffs`` [T] or [N, T], or a function
+        of the dataset giving them."""
+        return {d: accuracy(ensemble_logits(self.features[d].test, self.heads[d],
+                                            coeffs(d) if callable(coeffs) else coeffs, level),
+                            self.labels(d, "test"))
+                for d in self.names}
+
+
+def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts: dict, features,
+                      datasets: dict[str, LoadedDataset], heads: dict[str, Tensor], config) -> Combination:
+    """The Combination of the datasets ``group`` from the run's stage products (``base``: the backbone
+    whose image tower gives the architecture and ``theta_0``)."""
+    names = list(group)
+    return Combination(names=names, datasets={d: datasets[d] for d in names}, heads=heads, base=theta_0,
+                       experts=[experts[e].state for e in names],
+                       features={d: features.stacked(names, d) for d in names}, visual=base.visual,
+                       device=config.trainer.device(), eval_batch_size=config.eval.batch_size)

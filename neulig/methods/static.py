@@ -1,0 +1,64 @@
+"""Static methods: one pure merge function of the experts' weights, evaluated with its ensemble counterpart.
+
+The method's yaml names ``fn(base, experts, **hparams)``; ``statistics`` (optional) names an
+estimator run on every expert with its own train split, whose outputs reach ``fn`` as the keyword
+``statistics.argument``; ``ensemble_weights`` (optional) gives the per-expert coefficients of the
+ensemble counterpart (uniform otherwise). ``grid: {hparam: [values]}`` picks the value with the best
+mean *validation* accuracy of the merged model; the test split is never used for selection.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, is_dataclass
+
+import torch
+
+from neulig.config.merge import StaticMerge, StatisticsConfig
+from neulig.methods.combination import Combination, Context
+from neulig.methods.resolve import resolve
+from neulig.results import ComboResult, MergedModel
+
+
+def hyperparameters(method: StaticMerge) -> dict:
+    return asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
+
+
+def estimate(combination: Combination, statistics: StatisticsConfig, seed: int) -> list:
+    """One statistic per expert, each on the expert's own train split."""
+    from neulig.data.loaders import loader
+
+    fn = resolve(statistics.fn)
+    options = {k: v for k, v in asdict(statistics).items() if k not in ("fn", "argument", "batch_size")}
+    encoder = copy.deepcopy(combination.visual).to(combination.device).eval()
+    out = []
+    for name, state in zip(combination.names, combination.experts):
+        encoder.load_state_dict(state)
+        batches = ((x.to(combination.device), y.to(combination.device))
+                   for x, y in loader(combination.datasets[name].train, statistics.batch_size, shuffle=True, seed=seed))
+        stat = fn(encoder, combination.heads[name].to(combination.device), batches, seed=seed, **options)
+        out.append({k: v.cpu() for k, v in stat.items()})
+    return out
+
+
+def run(combination: Combination, method: StaticMerge, context: Context) -> ComboResult:
+    """Merge with ``method.fn``, evaluate the merge (test and val) and its ensemble counterpart."""
+    fn = resolve(method.fn)
+    hparams = hyperparameters(method)
+    stats = {method.statistics.argument: estimate(combination, method.statistics, context.seed)} \
+        if method.statistics is not None else {}
+    details: dict = {}
+    for name, values in (method.grid or {}).items():
+        scores = {}
+        for value in values:
+            val_acc = combination.merged_accuracy(fn(combination.base, combination.experts,
+                                                     **{**hparams, name: value}, **stats), "val")
+            scores[value] = sum(val_acc.values()) / len(val_acc)
+        hparams[name] = max(scores, key=scores.get)
+        details = {"grid": {str(k): v for k, v in scores.items()}, "selected": {name: hparams[name]}}
+    merged = fn(combination.base, combination.experts, **hparams, **stats)
+    count = len(combination.experts)
+    coeffs = resolve(method.ensemble_weights)(count, **hparams) if method.ensemble_weights else [1.0 / count] * count
+    accuracy = {"merged": combination.merged_accuracy(merged, "test"),
+                "ensembled": combination.ensemble_accuracy(torch.tensor(coeffs), context.level),
+                "val_merged": combination.merged_accuracy(merged, "val")}
+    return ComboResult(tuple(combination.names), accuracy, merged=(MergedModel("merged", merged),), details=details)

@@ -1,0 +1,111 @@
+"""Stage 3, experts: the image encoder fine-tuned on each dataset with its frozen head, or your own."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from neulig.config.model import FinetuneConfig, ModelConfig
+from neulig.config.trainer import TrainerConfig
+from neulig.data.base import LoadedDataset
+from neulig.errors import NeuligError
+from neulig.merging.state_dict import StateDict
+from neulig.stages.backbone import Backbone, encoder_layout
+from neulig.stages.stage import CachedStage
+from neulig.utils.cache import config_hash
+from neulig.utils.log import log
+
+FINETUNED = CachedStage("experts", "expert", "encoder.safetensors")
+SPEED_KNOBS = ("compile", "channels_last")  # how fast, not what is trained: not part of the cache key
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One dataset's expert: its image-encoder weights and the cache key its features are keyed by."""
+
+    dataset: str
+    state: StateDict
+    key: str
+
+
+def user_experts(model: ModelConfig, names: list[str]) -> dict[str, Expert]:
+    """The experts given as files in ``model.experts``, checked against the architecture before any
+    training; keyed by the file's SHA-256 only, so their cached features follow the file's content."""
+    from neulig.models.experts import expert_files, load_expert_file, missing_file_message
+    from neulig.utils.cache import file_sha256
+
+    files = expert_files(model.experts, names)
+    message = missing_file_message(files)
+    if message:
+        raise NeuligError(message)
+    layout = encoder_layout(model.arch) if files else {}
+    out = {}
+    for name, path in files.items():
+        state = load_expert_file(path, layout, model.arch, name)
+        digest = file_sha256(path)
+        log.info(f"expert for {name}: {path} (sha256 {digest[:12]}), not fine-tuned")
+        out[name] = Expert(name, state, config_hash("expert-file", digest))
+    return out
+
+
+def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, data_key: dict,
+                    recipe: FinetuneConfig, trainer: TrainerConfig, seed: int, cache_dir: Path,
+                    callbacks: list) -> Expert:
+    """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached."""
+    recipe_key = {k: v for k, v in asdict(recipe).items() if k not in SPEED_KNOBS}
+    product = FINETUNED.fetch(
+        cache_dir, (backbone.key, data_key, recipe_key, seed),
+        lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks),
+        reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert")
+    return Expert(dataset.name, product.tensors, product.key)
+
+
+def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: FinetuneConfig,
+             trainer_cfg: TrainerConfig, seed: int, callbacks: list) -> tuple[StateDict, dict]:
+    """One fine-tuning run: AdamW, warm-up + cosine, gradient clipping (the paper's recipe shape)."""
+    import lightning as L
+
+    from neulig.data.loaders import loader
+    from neulig.lit.finetune import FinetuneModule
+    from neulig.lit.trainer import trainer_kwargs
+
+    L.seed_everything(seed, verbose=False)
+    epochs = int((recipe.epochs_per_dataset or {}).get(dataset.name, recipe.epochs))
+    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=recipe.grad_clip, callbacks=list(callbacks),
+                        **trainer_kwargs(trainer_cfg))
+    # under DDP each rank takes batch_size / world_size, so the global batch is the recipe's
+    per_rank = max(1, recipe.batch_size // trainer.world_size)
+    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=recipe.num_workers)
+    total_steps = epochs * math.ceil(len(dataset.train) / (per_rank * trainer.world_size))
+    module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, recipe.lr, recipe.weight_decay,
+                            min(recipe.warmup_steps, max(1, total_steps // 10)), total_steps,
+                            stage_name=f"finetune/{dataset.name}", compile=recipe.compile,
+                            channels_last=recipe.channels_last)
+    start = time.time()
+    log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
+    try:
+        trainer.fit(module, train_loader, loader(dataset.val, 256))
+    except RuntimeError as err:  # e.g. an lr beyond float range makes AdamW's update overflow
+        if "overflow" not in str(err):
+            raise
+        raise NeuligError(f"fine-tuning on {dataset.name} overflowed ({err}); lower model.finetune.lr "
+                          f"(now {recipe.lr})") from err
+    state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}  # NCHW if channels_last
+    meta = {"dataset": dataset.name, "epochs": epochs, "steps": total_steps, "seconds": time.time() - start,
+            "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
+    return state, meta
+
+
+def prepare_experts(config, backbones: dict, origins: dict, datasets: dict[str, LoadedDataset],
+                    heads: dict[str, Tensor], given: dict[str, Expert], callbacks: tuple) -> dict[str, Expert]:
+    """Every dataset's expert: the user's file when ``model.experts`` names one, else fine-tuned (cached)
+    from the backbone of the dataset's origin."""
+    from neulig.stages.datasets import data_key
+
+    return {d: given[d] if d in given else finetune_expert(
+        backbones[origins[d]], datasets[d], heads[d], data_key(config, datasets[d]), config.model.finetune,
+        config.trainer, config.seed, config.paths.cache_dir, callbacks) for d in datasets}
