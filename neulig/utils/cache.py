@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 CACHE_VERSION = 1
+TEMP_SUFFIX = ".tmp"
 
 
 class CacheError(RuntimeError):
@@ -59,13 +60,39 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; once the block has filled it, rename it onto ``path`` (an
+    existing folder is moved aside first and removed after). On any error nothing of the new folder is
+    left and an old one is put back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        from neulig.errors import NeuligError
+
+        raise NeuligError(f"{path} exists and is not a folder; choose another path")
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists():
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
-
-
-TEMP_SUFFIX = ".tmp"
 
 
 def owner_tag(pid: int | None = None) -> str:
