@@ -60,9 +60,9 @@ def prepare(config: Config, callbacks: tuple = (), clock: Clock | None = None) -
     clock = clock or Clock()
     torch.manual_seed(config.seed)
     names = config.data.names
-    given = stages.user_experts(config.model, names)  # checked before any training
+    given = stages.user_experts(config.model, names, config.paths.cache_dir)  # checked before any training
     origins = stages.expert_origins(config.model, names)
-    backbones = stages.load_backbones(config, origins)
+    backbones = stages.load_backbones(config, origins, given.base)
     clock.lap("backbone", f"backbone {config.model.name} ready ({len(backbones)} origin(s))")
     datasets = stages.load_datasets(config)
     heads = {d: stages.zero_shot_head(backbones[origins[d]], datasets[d].spec, config.paths.cache_dir) for d in names}

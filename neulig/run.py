@@ -51,7 +51,14 @@ def preflight(config) -> None:
     from neulig.models.weights import missing_weights_message, weights_file
 
     model, data = config.model, config.data
-    if model.pretrained not in (None, SHIPPED_PRETRAINING):
+    for option in ("weights", "experts_dir"):
+        path = getattr(model, option)
+        if path and not Path(path).expanduser().exists():
+            raise NeuligError(f"model.{option}={path} does not exist; give the path of the "
+                              f"{'base weights' if option == 'weights' else 'folder of experts'}")
+    given_base = model.weights or model.experts_dir  # may hold the whole CLIP: known only once read
+    needs_weights = model.pretrained not in (None, SHIPPED_PRETRAINING) and not model.download and not given_base
+    if needs_weights:
         for origin in model.origins or [model.pretrained]:
             if weights_file(config.paths.weights_dir, model.arch, origin) is None:
                 raise NeuligError(missing_weights_message(model.name, config.paths.weights_dir, model.arch, origin))
@@ -128,7 +135,7 @@ def write_outputs(config, config_yaml: str, run_dir: Path, result, record: dict)
     if config.save_merged:  # open_clip checkpoints: the backbone's text tower + each merged image encoder
         from neulig.models.export import save_merged
 
-        written = save_merged(run_dir, result.combos, result.base.clip, result.base.arch)
+        written = save_merged(run_dir, result.combos, result.base.clip, result.base.arch, config.save_format)
         if not written:
             from neulig.utils.log import log
 

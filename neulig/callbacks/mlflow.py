@@ -133,7 +133,11 @@ class MLflowReporter(L.Callback):
         for i in range(0, len(pairs), 500):
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in pairs[i : i + 500]])
         for path in artifacts:
-            self.client.log_artifact(self.run_id, str(path), artifact_folder(Path(path), root))
+            if Path(path).is_dir():  # a Hugging Face folder (save_format=hf) keeps its name as a folder
+                folder = artifact_folder(Path(path) / "_", root)
+                self.client.log_artifacts(self.run_id, str(path), folder)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_folder(Path(path), root))
         self.client.set_terminated(self.run_id, status)
 
     def report(self, config, result, files: dict[str, Path], run_dir: Path) -> None:

@@ -56,7 +56,13 @@ class ModelConfig:
     # diverse-origin experts: starting checkpoints cycled over the datasets (pretraining seeds when
     # pretrained=neulig, pretrained tags otherwise)
     origins: Optional[List[str]] = None
-    experts: Any = mapping(str, "{dataset: checkpoint file}")  # your own fine-tuned experts
+    # your own fine-tuned experts, {dataset: path}: an open_clip .safetensors/.pt file, a pickled
+    # task-vectors encoder, or a Hugging Face CLIP folder (docs/checkpoints.md)
+    experts: Any = mapping(str, "{dataset: checkpoint file or folder}")
+    experts_dir: Optional[str] = None  # a folder of experts in the task-vectors or FusionBench layout
+    experts_dir_model: Optional[str] = None  # the model folder / base name inside experts_dir when it holds several
+    weights: Optional[str] = None  # the base weights (any of those formats) instead of <weights_dir>/<arch>_<tag>.bin
+    download: bool = False  # fetch missing pretrained weights for arch/pretrained into paths.weights_dir
     init_seed: int = 0  # seed of the random initialisation when pretrained=null
 
     def check(self, prefix: str) -> None:
@@ -70,9 +76,14 @@ class ModelConfig:
             if self.pretrained is None:
                 raise ConfigError(f"{prefix}origins", self.origins,
                                   f"null when {prefix}pretrained=null (a random init has one origin)")
+            for given in ("weights", "experts_dir"):
+                if getattr(self, given):
+                    raise ConfigError(f"{prefix}origins", self.origins, f"null with {prefix}{given} (the given weights "
+                                      "are one origin)")
+        if self.download and self.pretrained in (None, SHIPPED_PRETRAINING):
+            raise ConfigError(f"{prefix}download", True, f"false when {prefix}pretrained={self.pretrained} (nothing "
+                              "to download): set a pretrained tag, e.g. openai")
 
-    def origin_seeds(self) -> Optional[List[int]]:
-        return None if self.origins is None else [int(o) for o in self.origins]
 
 
 def _is_int(value: str) -> bool:

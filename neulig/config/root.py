@@ -40,6 +40,7 @@ class Config:
     ensemble: EnsembleConfig = MISSING
     eval: EvalConfig = MISSING
     save_merged: bool = MISSING  # write the merged models as checkpoints into the run dir
+    save_format: str = option(MISSING, choices=("open_clip", "hf"))  # safetensors files, or Hugging Face folders
     progress: str = option(MISSING, choices=("auto", "on", "off"))  # progress bars on stderr
 
     def check(self, prefix: str) -> None:

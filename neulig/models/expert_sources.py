@@ -169,6 +169,31 @@ def read_visual(path: str | Path, layout: Mapping[str, Tensor], arch: str,
     return checked_state(visual, layout, arch, where)
 
 
+def read_clip(path: str | Path, layout: Mapping[str, Tensor], visual_layout: Mapping[str, Tensor], arch: str,
+              where: str | None = None) -> tuple[StateDict, bool]:
+    """Base weights in any format: ``(the whole CLIP state dict, True)`` when ``path`` holds one (text
+    tower included: a Hugging Face ``CLIPModel``, an open_clip CLIP state dict, a pickled CLIP), else
+    ``(its image tower, False)`` (a task-vectors ``zeroshot.pt``, whose text transformer was deleted)."""
+    path = Path(path)
+    where = where or str(path)
+    if source_format(path) == "hf":
+        from neulig.models.hf_clip import arch_mismatch, load_hf_clip
+
+        found = load_hf_clip(path)
+        problem = arch_mismatch(found.config, arch)
+        if problem:
+            raise NeuligError(f"base weights {where} do not fit {arch}: {problem}")
+        if found.has_text:
+            return checked_state(found.state, layout, arch, where), True
+        visual = {k[len("visual."):]: v for k, v in found.state.items() if k.startswith("visual.")}
+        return checked_state(visual, visual_layout, arch, where), False
+    state = read_file_state(path, where)
+    try:
+        return image_tower(state, layout, arch, where), True
+    except NeuligError:  # no whole CLIP under any prefix: the image tower alone
+        return image_tower(state, visual_layout, arch, where), False
+
+
 # ---- folder layouts -----------------------------------------------------------------------------
 
 

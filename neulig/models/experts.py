@@ -1,29 +1,22 @@
-"""Your own fine-tuned experts (``model.experts``): read a checkpoint, unwrap it, check it fits.
+"""Your own fine-tuned experts (``model.experts``): which paths, and whether an image encoder fits.
 
-``model.experts`` maps a dataset name to a checkpoint file; that dataset's expert is loaded from it
-instead of being fine-tuned. Accepted files: ``.safetensors``, or ``.pt`` / ``.pth`` / ``.bin`` read
-with ``torch.load(weights_only=True)`` (tensors only, no code runs). Accepted contents: the image
-encoder's state dict (``clip.visual.state_dict()``), a full open_clip CLIP state dict (its
-``visual.`` keys are taken), or either of them under a ``state_dict`` key. Keys and shapes must
-match the model's image encoder exactly; floating-point tensors are cast to the encoder's dtype.
-
-Every problem is one line naming the file: missing (checked before anything runs), unreadable or
-truncated, or the first key that is missing, unexpected or of another shape (expected vs found).
-The module imports torch only when a file is read, so the existence check stays cheap.
-
-:func:`image_tower` finds the encoder under any wrapper's prefix and :func:`checked_state` checks and
-casts it; :mod:`neulig.models.expert_sources` uses both to read the other formats (whole pickled
-modules, Hugging Face folders).
+``model.experts`` maps a dataset name to a checkpoint; that dataset's expert is loaded from it instead
+of being fine-tuned. :mod:`neulig.models.expert_sources` reads every format (open_clip safetensors or
+torch state dicts, pickled task-vectors encoders, Hugging Face CLIP folders); this module says which
+paths were given (:func:`expert_files`, existence checked before anything runs), finds the image
+encoder under any wrapper's prefix (:func:`image_tower`) and checks it against the architecture
+(:func:`checked_state`): keys and shapes exactly, floating-point tensors cast to the encoder's dtype.
+Every problem is one line naming the path and the first key that is missing, unexpected or of another
+shape (expected vs found). torch is imported only when a state dict is checked.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from neulig.errors import NeuligError, unreadable
+from neulig.errors import NeuligError
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-VISUAL_PREFIX = "visual."
 
 
 def expert_files(experts: Mapping | None, datasets: list[str]) -> dict[str, Path]:
@@ -38,11 +31,14 @@ def expert_files(experts: Mapping | None, datasets: list[str]) -> dict[str, Path
 
 
 def missing_file_message(files: Mapping[str, Path]) -> str | None:
-    """The one-line error for the first expert file that does not exist or has an unknown suffix."""
+    """The one-line error for the first expert path that does not exist or is a file of an unknown suffix
+    (a folder is a Hugging Face CLIP folder; its contents are checked when it is read)."""
     for name, path in files.items():
+        if path.is_dir():
+            continue
         if not path.is_file():
             return (f"expert checkpoint for {name} not found: {path} (model.experts.{name}); "
-                    "give the path of an existing file")
+                    "give the path of an existing file or Hugging Face folder")
         if path.suffix not in SUFFIXES:
             return (f"expert checkpoint {path} (model.experts.{name}) must be one of {', '.join(SUFFIXES)}, "
                     f"got {path.suffix!r}")
@@ -55,38 +51,6 @@ def preflight_message(experts: Mapping | None, datasets: list[str]) -> str | Non
         return missing_file_message(expert_files(experts, datasets))
     except NeuligError as err:
         return str(err)
-
-
-def read_checkpoint(path: Path, where: str | None = None) -> Mapping:
-    """The file's top-level mapping: safetensors, or ``torch.load(weights_only=True)`` for the others.
-    ``where`` names the file in errors (default: its path)."""
-    where = where or str(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        import torch
-
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every reader's error means the same to the user
-        if "weights only load failed" in str(err).lower():
-            raise NeuligError(f"expert checkpoint {where} holds Python objects besides tensors, which "
-                              "torch.load(weights_only=True) refuses; save the state dict alone, e.g. "
-                              "torch.save(model.visual.state_dict(), path)") from err
-        raise unreadable(f"expert checkpoint {where}", err, "it may be truncated: export it again") from err
-    if not isinstance(content, Mapping):
-        raise NeuligError(f"expert checkpoint {where} holds a {type(content).__name__}, not a state dict")
-    return content
-
-
-def unwrap_visual(content: Mapping) -> dict:
-    """The image-encoder state dict inside ``content``: ``state_dict`` unwrapped, ``visual.`` taken."""
-    if isinstance(content.get("state_dict"), Mapping):
-        content = content["state_dict"]
-    if any(str(k).startswith(VISUAL_PREFIX) for k in content):
-        return {k[len(VISUAL_PREFIX):]: v for k, v in content.items() if str(k).startswith(VISUAL_PREFIX)}
-    return dict(content)
 
 
 def checked_state(state: Mapping, reference: Mapping, arch: str, where: str) -> dict:
@@ -128,13 +92,6 @@ def image_tower(state: Mapping, reference: Mapping, arch: str, where: str) -> di
             return checked_state(sub, reference, arch, where)
         candidates.append((sum(k in sub for k in reference), prefix, problem))
     _, prefix, problem = max(candidates, key=lambda c: c[0])
-    raise NeuligError(f"expert checkpoint {where} does not fit the {arch} image encoder: under "
-                      f"{repr(prefix) if prefix else 'the top level'}, {problem}; give the image encoder "
-                      "fine-tuned from this model")
-
-
-def load_expert_file(path: Path, reference: Mapping, arch: str, name: str) -> dict:
-    """The checked image-encoder state dict in ``path`` (the expert of dataset ``name``) for an encoder
-    whose state dict is ``reference`` (shapes and dtypes; meta tensors are enough)."""
-    where = f"{path} (model.experts.{name})"
-    return checked_state(unwrap_visual(read_checkpoint(path, where)), reference, arch, where)
+    under = f"under {prefix!r}, " if prefix else ""
+    raise NeuligError(f"expert checkpoint {where} does not fit the {arch} image encoder: {under}{problem}; "
+                      "give the image encoder fine-tuned from this model")

@@ -56,16 +56,25 @@ def save_clip(path: Path, state: StateDict, arch: str) -> Path:
     return path
 
 
-def save_merged(run_dir: Path, combos: Sequence, backbone: nn.Module, arch: str) -> dict[str, Path]:
+def save_merged(run_dir: Path, combos: Sequence, backbone: nn.Module, arch: str,
+                fmt: str = "open_clip") -> dict[str, Path]:
     """Write every combination's merged models (``ComboResult.merged``) under ``run_dir``, one at a time;
-    returns {relative name: path}. With several combinations each one's files go under ``<d1+d2+...>/``."""
+    returns {relative name: path}. With several combinations each one's go under ``<d1+d2+...>/``.
+    ``fmt``: ``open_clip`` (one safetensors file each) or ``hf`` (a Hugging Face
+    ``CLIPVisionModelWithProjection`` folder each, for ``CLIPVisionModel.from_pretrained`` and FusionBench)."""
+    from neulig.models.hf_export import save_hf_clip
+
     backbone_state = backbone.state_dict()
     written: dict[str, Path] = {}
     for combo in combos:
         prefix = "" if len(combos) == 1 else "+".join(combo.datasets) + "/"
         for model in combo.merged:
-            name = f"{prefix}{model.name}.safetensors"
-            written[name] = save_clip(run_dir / name, clip_state(backbone_state, model.weights()), arch)
+            state = clip_state(backbone_state, model.weights())
+            if fmt == "hf":
+                written[prefix + model.name] = save_hf_clip(run_dir / (prefix + model.name), state, arch)
+            else:
+                name = f"{prefix}{model.name}.safetensors"
+                written[name] = save_clip(run_dir / name, state, arch)
     return written
 
 

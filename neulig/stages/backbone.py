@@ -59,36 +59,71 @@ def create_quietly(arch: str, weights: Path | None, seed: int) -> nn.Module:
         return create_clip(arch, weights, seed)
 
 
-def encoder_layout(arch: str) -> StateDict:
-    """The image encoder's state dict of ``arch`` as meta tensors: keys, shapes and dtypes, built in
-    milliseconds without memory or initialisation (to check a checkpoint before anything runs)."""
+def clip_layout(arch: str) -> StateDict:
+    """The CLIP state dict of ``arch`` as meta tensors: keys, shapes and dtypes, built in milliseconds
+    without memory or initialisation (to check a checkpoint before anything runs)."""
     from neulig.models.backbone import register_shipped_configs
     from neulig.models.openclip import open_clip
 
     register_shipped_configs()
     with quiet_open_clip(), torch.device("meta"):
-        return open_clip.create_model(arch, device="meta").visual.state_dict()
+        return open_clip.create_model(arch, device="meta").state_dict()
 
 
-def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin: str | None = None) -> Backbone:
-    """The pretrained backbone of ``origin`` (a pretraining seed or pretrained tag; None: the model's own)."""
+def encoder_layout(arch: str) -> StateDict:
+    """The image encoder's part of :func:`clip_layout` (``visual.`` removed)."""
+    return {k[len("visual."):]: v for k, v in clip_layout(arch).items() if k.startswith("visual.")}
+
+
+def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin: str | None = None,
+                  base: Path | None = None) -> Backbone:
+    """The pretrained backbone of ``origin`` (a pretraining seed or pretrained tag; None: the model's own),
+    or the one whose weights ``base`` holds (``model.weights``, or the base of ``model.experts_dir``)."""
     from neulig.models.backbone import register_shipped_configs
     from neulig.models.openclip import open_clip
-    from neulig.models.weights import missing_weights_message, weights_file
+    from neulig.models.weights import download_weights, missing_weights_message, weights_file
+    from neulig.utils.cache import content_digest
 
     register_shipped_configs()
     tag = model.pretrained if origin is None or model.pretrained == SHIPPED_PRETRAINING else origin
     tokenizer = open_clip.get_tokenizer(model.arch)
+    if base is not None:
+        return from_base_weights(model, weights_dir, cache_dir, base, tokenizer)
     if tag is None:
         clip = create_quietly(model.arch, None, model.init_seed)
         return Backbone(model.name, model.arch, clip, tokenizer, config_hash("random", model.arch, model.init_seed))
     if tag == SHIPPED_PRETRAINING:
         return pretrained_tiny(model, tokenizer, cache_dir, model.pretrain.seed if origin is None else int(origin))
     path = weights_file(weights_dir, model.arch, tag)
+    if path is None and model.download:
+        log.info(f"fetching the {model.arch}/{tag} weights with open_clip into {weights_dir} (model.download)")
+        path = download_weights(weights_dir, model.arch, tag)
     if path is None:
         raise NeuligError(missing_weights_message(model.name, weights_dir, model.arch, tag))
     clip = create_quietly(model.arch, path, 0)
-    return Backbone(model.name, model.arch, clip, tokenizer, config_hash("weights", model.arch, tag, path.stat().st_size))
+    digest = content_digest(path, cache_dir)  # the file's content, never its name or size
+    return Backbone(model.name, model.arch, clip, tokenizer, config_hash("weights", model.arch, tag, digest))
+
+
+def from_base_weights(model: ModelConfig, weights_dir: str, cache_dir: Path, base: Path, tokenizer) -> Backbone:
+    """The backbone from base weights in any format: the whole CLIP when ``base`` holds one, else its
+    image tower on the configured backbone (whose text tower builds the zero-shot heads)."""
+    from dataclasses import replace
+
+    from neulig.models.expert_sources import read_clip
+    from neulig.utils.cache import content_digest
+
+    state, whole = read_clip(base, clip_layout(model.arch), encoder_layout(model.arch), model.arch,
+                             where=f"{base} (base weights)")
+    digest = content_digest(base, cache_dir)
+    if whole:
+        clip = create_quietly(model.arch, None, 0)
+        clip.load_state_dict(state)
+        return Backbone(model.name, model.arch, clip.eval(), tokenizer, config_hash("base-weights", model.arch, digest))
+    configured = load_backbone(replace(model, weights=None, experts_dir=None), weights_dir, cache_dir)
+    configured.visual.load_state_dict(state)
+    return Backbone(model.name, model.arch, configured.clip, tokenizer,
+                    config_hash("base-visual", configured.key, digest))
 
 
 def expert_origins(model: ModelConfig, names: list[str]) -> dict[str, str | None]:
@@ -98,9 +133,9 @@ def expert_origins(model: ModelConfig, names: list[str]) -> dict[str, str | None
     return {d: origins[i % len(origins)] for i, d in enumerate(names)}
 
 
-def load_backbones(config, origins: dict[str, str | None]) -> dict[str | None, Backbone]:
-    """One backbone per distinct origin (one for a single-origin run)."""
-    return {o: load_backbone(config.model, config.paths.weights_dir, config.paths.cache_dir, o)
+def load_backbones(config, origins: dict[str, str | None], base: Path | None = None) -> dict[str | None, Backbone]:
+    """One backbone per distinct origin (one for a single-origin run, from ``base`` weights when given)."""
+    return {o: load_backbone(config.model, config.paths.weights_dir, config.paths.cache_dir, o, base)
             for o in dict.fromkeys(origins.values())}
 
 

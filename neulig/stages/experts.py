@@ -32,24 +32,46 @@ class Expert:
     key: str
 
 
-def user_experts(model: ModelConfig, names: list[str]) -> dict[str, Expert]:
-    """The experts given as files in ``model.experts``, checked against the architecture before any
-    training; keyed by the file's SHA-256 only, so their cached features follow the file's content."""
-    from neulig.models.experts import expert_files, load_expert_file, missing_file_message
-    from neulig.utils.cache import file_sha256
+@dataclass(frozen=True)
+class GivenExperts:
+    """The experts a user gave (``model.experts``, ``model.experts_dir``) and the base weights to start
+    from instead of the configured ones (``model.weights``, or the base the experts' folder holds)."""
 
-    files = expert_files(model.experts, names)
+    experts: dict[str, Expert]
+    base: Path | None
+
+
+def user_experts(model: ModelConfig, names: list[str], cache_dir: Path) -> GivenExperts:
+    """The experts given as files or folders, in any format (``models.expert_sources``), checked against
+    the architecture before any training; keyed by their content's SHA-256 only, so their cached
+    features follow the content. Entries of ``model.experts`` win over ``model.experts_dir``'s."""
+    from neulig.models.expert_sources import discover_experts, read_visual
+    from neulig.models.experts import expert_files, missing_file_message
+    from neulig.utils.cache import content_digest
+
+    base = Path(model.weights).expanduser() if model.weights else None
+    where: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    if model.experts_dir:
+        found = discover_experts(model.experts_dir, names, model.experts_dir_model)
+        log.info(f"experts_dir {model.experts_dir}: {found.layout} layout, {len(found.experts)} experts")
+        files.update(found.experts)
+        where.update({d: f"{p} (model.experts_dir)" for d, p in found.experts.items()})
+        base = base or found.base
+    given = expert_files(model.experts, names)
+    files.update(given)
+    where.update({d: f"{p} (model.experts.{d})" for d, p in given.items()})
     message = missing_file_message(files)
     if message:
         raise NeuligError(message)
     layout = encoder_layout(model.arch) if files else {}
     out = {}
     for name, path in files.items():
-        state = load_expert_file(path, layout, model.arch, name)
-        digest = file_sha256(path)
+        state = read_visual(path, layout, model.arch, base_projection=base, where=where[name])
+        digest = content_digest(path, cache_dir)
         log.info(f"expert for {name}: {path} (sha256 {digest[:12]}), not fine-tuned")
         out[name] = Expert(name, state, config_hash("expert-file", digest))
-    return out
+    return GivenExperts(out, base)
 
 
 def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, data_key: dict,
@@ -101,11 +123,11 @@ def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: F
 
 
 def prepare_experts(config, backbones: dict, origins: dict, datasets: dict[str, LoadedDataset],
-                    heads: dict[str, Tensor], given: dict[str, Expert], callbacks: tuple) -> dict[str, Expert]:
+                    heads: dict[str, Tensor], given: GivenExperts, callbacks: tuple) -> dict[str, Expert]:
     """Every dataset's expert: the user's file when ``model.experts`` names one, else fine-tuned (cached)
     from the backbone of the dataset's origin."""
     from neulig.stages.datasets import data_key
 
-    return {d: given[d] if d in given else finetune_expert(
+    return {d: given.experts[d] if d in given.experts else finetune_expert(
         backbones[origins[d]], datasets[d], heads[d], data_key(config, datasets[d]), config.model.finetune,
         config.trainer, config.seed, config.paths.cache_dir, callbacks) for d in datasets}

@@ -42,6 +42,40 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def content_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative names and bytes), so that a different
+    file is never mistaken for another of the same size. With ``memo_dir`` it is computed once per
+    (resolved path, size, modification time) and remembered in ``<memo_dir>/digests.json``."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
+             for p in files]
+    memo_path = Path(memo_dir) / "digests.json" if memo_dir is not None else None
+    memo = _read_memo(memo_path)
+    entry = memo.get(str(path))
+    if entry and entry.get("stamp") == stamp:
+        return entry["sha256"]
+    if path.is_dir():
+        digest = hashlib.sha256("".join(f"{name}\0{file_sha256(p)}\0" for (name, *_), p in zip(stamp, files))
+                                .encode()).hexdigest()
+    else:
+        digest = file_sha256(path)
+    if memo_path is not None:
+        memo[str(path)] = {"stamp": stamp, "sha256": digest}
+        atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+    return digest
+
+
+def _read_memo(path: Path | None) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # a damaged memo only costs a recomputation
+    return memo if isinstance(memo, dict) else {}
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; once the block has written it, rename it onto ``path``

@@ -1,10 +1,12 @@
-"""model.experts: checkpoints in the accepted layouts load; every misfit is one line naming file and key."""
+"""model.experts: checkpoints in the accepted layouts load (``expert_sources.read_visual``); every misfit is one
+line naming file and key."""
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from neulig.errors import NeuligError
-from neulig.models.experts import expert_files, load_expert_file, missing_file_message
+from neulig.models.expert_sources import read_visual
+from neulig.models.experts import expert_files, missing_file_message
 from neulig.stages.backbone import encoder_layout
 
 ARCH = "neulig-tiny"
@@ -22,7 +24,7 @@ def visual(layout):
 
 
 def _load(path, layout):
-    return load_expert_file(path, layout, ARCH, "digits")
+    return read_visual(path, layout, ARCH, where=f"{path} (model.experts.digits)")
 
 
 def test_layout_is_the_encoder_without_memory(layout):
@@ -71,12 +73,12 @@ def test_unexpected_key_is_named(tmp_path, layout, visual):
         _load(path, layout)
 
 
-def test_pickled_objects_are_refused_in_one_line(tmp_path, layout):
+def test_a_pickled_module_without_the_encoder_is_one_line(tmp_path, layout):
     path = tmp_path / "expert.pt"
-    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module, not a state dict
-    with pytest.raises(NeuligError) as err:
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module, read by the safe unpickler
+    with pytest.raises(NeuligError, match=r"holds no neulig-tiny image encoder") as err:
         _load(path, layout)
-    assert "weights_only=True" in str(err.value) and "\n" not in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_truncated_torch_file_is_one_line(tmp_path, layout, visual):
@@ -96,6 +98,7 @@ def test_expert_files_and_their_preflight(tmp_path):
         expert_files({"cifar10": str(given)}, ["digits"])
     assert missing_file_message({"digits": given}) is None
     assert "not found: " in missing_file_message({"digits": tmp_path / "b.safetensors"})
+    assert missing_file_message({"digits": tmp_path}) is None  # a folder: a Hugging Face CLIP folder
     odd = tmp_path / "a.ckpt"
     odd.write_bytes(b"")
     assert "must be one of .safetensors, .pt, .pth, .bin, got '.ckpt'" in missing_file_message({"digits": odd})

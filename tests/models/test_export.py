@@ -91,3 +91,19 @@ def test_a_foreign_encoder_or_file_is_one_clear_error(clip, tmp_path):
     save_file({"w": torch.zeros(1)}, str(plain))
     with pytest.raises(NeuligError, match="names no open_clip architecture"):
         load_merged(plain)
+
+
+def test_hf_format_writes_folders_transformers_loads(clip, tmp_path):
+    """save_format=hf: one CLIPVisionModelWithProjection folder per merged model, with the merge's embeddings."""
+    transformers = pytest.importorskip("transformers")
+    from neulig.models.export import save_merged
+
+    merged = shifted(clip.visual.state_dict(), 3)
+    written = save_merged(tmp_path, [ComboResult(("a", "b"), {}, merged=(MergedModel("merged", merged),))], clip, ARCH,
+                          fmt="hf")
+    assert written == {"merged": tmp_path / "merged"} and (tmp_path / "merged" / "config.json").is_file()
+    model = transformers.CLIPVisionModelWithProjection.from_pretrained(str(tmp_path / "merged")).eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = functional_call(clip.visual, dict(merged), (images,))
+        torch.testing.assert_close(model(pixel_values=images).image_embeds, expected, rtol=1e-5, atol=1e-5)
