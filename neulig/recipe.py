@@ -18,14 +18,14 @@ from neulig.utils.log import log, quiet_libraries
 
 
 def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
-    from neulig.methods.combination import Context
+    from neulig.methods.combination import Context, run_method
     from neulig.methods.resolve import resolve
 
     clock = Clock()
     products = prepare(config, callbacks, clock)
     runner = resolve(config.merge.runner)
     context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
-    combos = tuple(runner(products.combination(group), config.merge, context)
+    combos = tuple(run_method(runner, products.combination(group), config.merge, context)
                    for group in combinations(products.names, config.data.num_co_models))
     clock.lap("combination_done", f"{config.merge.name} done")
     return RunResult(tuple(products.names), products.reference, combos, clock.timings(), products.base)
@@ -40,6 +40,7 @@ class Products:
     datasets: dict
     heads: dict
     experts: dict
+    origins: dict  # dataset -> the origin its expert started from
     features: object  # stages.RunFeatures
     reference: dict  # zero-shot and fine-tuned test accuracy per dataset
     base: object  # the backbone of the first dataset's origin: architecture and theta_0 of anchored methods
@@ -48,8 +49,8 @@ class Products:
     def combination(self, group: tuple[str, ...]):
         from neulig.methods.combination import build_combination
 
-        return build_combination(group, self.base, self.theta_0, self.experts, self.features, self.datasets,
-                                 self.heads, self.config)
+        return build_combination(group, self.base, self.theta_0, self.experts, self.origins, self.features,
+                                 self.datasets, self.heads, self.config)
 
 
 def prepare(config: Config, callbacks: tuple = (), clock: Clock | None = None) -> Products:
@@ -73,7 +74,7 @@ def prepare(config: Config, callbacks: tuple = (), clock: Clock | None = None) -
     clock.lap("features_ready", "expert features ready")
     base = backbones[origins[names[0]]]
     theta_0 = {k: v.detach().cpu().clone() for k, v in base.visual.state_dict().items()}
-    return Products(config, names, datasets, heads, experts, features, reference, base, theta_0)
+    return Products(config, names, datasets, heads, experts, origins, features, reference, base, theta_0)
 
 
 def combinations(names: list[str], k: int | None) -> list[tuple[str, ...]]:

@@ -53,10 +53,11 @@ class ComboResult:
     merged: tuple[MergedModel, ...] = ()  # the models save_merged writes
     details: Mapping[str, Any] = field(default_factory=dict)  # coefficients, diagnostics (results.json)
     history: tuple[Mapping[str, float], ...] = ()  # training curve points
+    diagnostics: Mapping[str, float] = field(default_factory=dict)  # further metrics, e.g. align/<group>/similarity
 
     @property
     def metrics(self) -> dict[str, float]:
-        return contract_metrics(self.accuracy)
+        return {**contract_metrics(self.accuracy), **self.diagnostics}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,13 @@ class RunResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        return contract_metrics({**self.reference, **self.accuracy})
+        """The contract metrics of the accuracies, and each diagnostic's mean over the combinations."""
+        values: dict[str, list[float]] = {}
+        for combo in self.combos:
+            for key, value in combo.diagnostics.items():
+                values.setdefault(key, []).append(value)
+        return {**contract_metrics({**self.reference, **self.accuracy}),
+                **{k: sum(v) / len(v) for k, v in values.items()}}
 
     @property
     def labels(self) -> dict[str, str]:

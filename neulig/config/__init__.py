@@ -25,6 +25,7 @@ def register() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
+    from neulig.config.align import AlignConfig
     from neulig.config.data import DataConfig
     from neulig.config.logger import LoggerConfig
     from neulig.config.merge import SCHEMAS
@@ -35,7 +36,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="config", group="schema", node=Config)
     for group, node in (("paths", PathsConfig), ("model", ModelConfig), ("data", DataConfig),
-                        ("trainer", TrainerConfig), ("logger", LoggerConfig)):
+                        ("trainer", TrainerConfig), ("logger", LoggerConfig), ("align", AlignConfig)):
         store.store(name=group, group="schema", node=node)
     for name, node in SCHEMAS.items():
         store.store(name=name, group="schema/merge", node=node)

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
+from neulig.config.align import AlignConfig
 from neulig.config.data import DataConfig
 from neulig.config.fields import ConfigError, option, positive
 from neulig.config.logger import LoggerConfig
@@ -33,6 +34,7 @@ class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     merge: MergeConfig = MISSING
+    align: AlignConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     seed: int = MISSING
@@ -53,7 +55,9 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        """``<merge>-<data>-<model>-s<seed>``, plus ``-k<k>`` when every k-combination is run."""
+        """``<merge>-<data>-<model>-s<seed>``, plus ``-k<k>`` when every k-combination is run and
+        ``-<method>`` when the experts are aligned (``align=``)."""
         k = self.data.num_co_models
         suffix = f"-k{k}" if k is not None and k != len(self.data.datasets) else ""
+        suffix += f"-{self.align.method}" if self.align.method else ""
         return f"{self.merge.name}-{self.data.name}-{self.model.name}-s{self.seed}{suffix}"

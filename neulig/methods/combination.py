@@ -1,7 +1,7 @@
 """What a method sees of one dataset combination, and the evaluations every method shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -11,6 +11,8 @@ from neulig.config.trainer import TrainerConfig
 from neulig.data.base import LoadedDataset
 from neulig.evaluate import accuracy, ensemble_logits, feature_accuracy, merged_features
 from neulig.merging.state_dict import StateDict
+from neulig.methods.align import Alignment
+from neulig.results import ComboResult
 from neulig.stages.features import SplitFeatures
 
 
@@ -41,6 +43,7 @@ class Combination:
     visual: nn.Module  # the architecture; weights are passed to it with functional_call
     device: torch.device
     eval_batch_size: int = 256
+    alignment: Alignment | None = None  # what aligning the experts measured (align=), None without
     extra: dict = field(default_factory=dict)
 
     def labels(self, name: str, split: str) -> Tensor:
@@ -62,12 +65,26 @@ class Combination:
                 for d in self.names}
 
 
-def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts: dict, features,
+def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts: dict, origins: dict, features,
                       datasets: dict[str, LoadedDataset], heads: dict[str, Tensor], config) -> Combination:
     """The Combination of the datasets ``group`` from the run's stage products (``base``: the backbone
-    whose image tower gives the architecture and ``theta_0``)."""
+    whose image tower gives the architecture and ``theta_0``), its experts aligned as ``config.align`` says."""
+    from neulig.methods.align import align_experts
+
     names = list(group)
+    alignment = align_experts([experts[e].state for e in names], [origins[e] for e in names], base.visual,
+                              [datasets[d] for d in names], config.align)
     return Combination(names=names, datasets={d: datasets[d] for d in names}, heads=heads, base=theta_0,
-                       experts=[experts[e].state for e in names],
-                       features={d: features.stacked(names, d) for d in names}, visual=base.visual,
-                       device=config.trainer.device(), eval_batch_size=config.eval.batch_size)
+                       experts=alignment.experts, features={d: features.stacked(names, d) for d in names},
+                       visual=base.visual, device=config.trainer.device(), eval_batch_size=config.eval.batch_size,
+                       alignment=alignment)
+
+
+def run_method(runner: Callable, combination: Combination, method, context: Context) -> ComboResult:
+    """The runner's result on the combination, with what building the combination measured (alignment)."""
+    result = runner(combination, method, context)
+    if combination.alignment is None or not combination.alignment.groups:
+        return result
+    return replace(result, diagnostics={**result.diagnostics, **combination.alignment.metrics},
+                   details={**result.details, "alignment": {"groups": combination.alignment.groups,
+                                                            "seconds": combination.alignment.seconds}})

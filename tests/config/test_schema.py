@@ -10,7 +10,7 @@ from tests.conftest import CONF, compose
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
-SCHEMA_GROUPS = ("paths", "model", "data", "merge", "trainer", "logger")  # every option selects its schema
+SCHEMA_GROUPS = ("paths", "model", "data", "merge", "trainer", "logger", "align")  # every option selects its schema
 GLOBAL_GROUPS = ("experiment", "hparams_search")  # `# @package _global_`: their keys land in the groups above
 
 
