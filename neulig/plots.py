@@ -1,5 +1,7 @@
 """Figures: the paper's Figure 3 scatter of merged vs ensembled average accuracy.
 
+:func:`curve_png` draws a run's accuracy-versus-steps curves (``curve.png``), from its training histories.
+
 Each point is one run (one method on one combination): x = merged accuracy, y = ensembled accuracy,
 both in percent. A point on the dash-dot line y = x has no gap between merging and ensembling; the
 vertical distance to the line is the run's ``gap/avg``. One marker shape per method. A method with no
@@ -11,6 +13,7 @@ backend change), so importing this module costs nothing and it works headless.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from neulig.utils.cache import atomic_file
@@ -70,3 +73,39 @@ def run_scatter(run_dir: str | Path, method: str, metrics: dict[str, float], tit
     """``scatter.png`` in ``run_dir`` with this run's average point (``acc/merged/avg``, ``acc/ensembled/avg``)."""
     point = {"method": method, "merged": metrics["acc/merged/avg"], "ensembled": metrics.get("acc/ensembled/avg")}
     return scatter_png([point], Path(run_dir) / "scatter.png", title=title)
+
+
+CURVE_KEY = re.compile(r"^(val|test)/\w+_avg$")
+
+
+def curve_png(histories: dict[str, list[dict]], path: str | Path, title: str | None = None) -> Path | None:
+    """The accuracy-versus-steps (or epochs) curves of a run: every ``val/..._avg`` and ``test/..._avg`` of
+    each combination's training history (``histories``: {combination label: history}); None when no
+    history holds one. Written atomically, like :func:`scatter_png`."""
+    series = {(label, key): [(p["epoch"], p[key]) for p in history if key in p]
+              for label, history in histories.items() for key in sorted({k for p in history for k in p
+                                                                          if CURVE_KEY.match(k)})}
+    if not series:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for (label, key), points in series.items():
+        xs, ys = zip(*points)
+        name = key if len(histories) == 1 else f"{label}: {key}"
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, linestyle="-" if key.startswith("test") else "--",
+                label=name)
+    ax.set_xlabel("step (epoch for Portland)")
+    ax.set_ylabel("accuracy (%), mean over datasets")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, linewidth=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -127,11 +127,15 @@ def table(config, result) -> str:
 
 def write_outputs(config, config_yaml: str, run_dir: Path, result, record: dict) -> dict[str, Path]:
     """results.json / results.md / config.yaml, the run's scatter point, and the merged models if asked."""
-    from neulig.plots import run_scatter
+    from neulig.plots import curve_png, run_scatter
     from neulig.results import write_run_files
 
     files = write_run_files(run_dir, config_yaml, record, table(config, result))
     files["scatter.png"] = run_scatter(run_dir, config.merge.name, result.metrics, title=config.run_name)
+    histories = {"+".join(c.datasets): list(c.history) for c in result.combos}
+    curve = curve_png(histories, run_dir / "curve.png", title=config.run_name)
+    if curve is not None:
+        files["curve.png"] = curve
     if config.save_merged:  # open_clip checkpoints: the backbone's text tower + each merged image encoder
         from neulig.models.export import save_merged
 

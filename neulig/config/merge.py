@@ -268,7 +268,10 @@ class AdaMergingMerge(MergeConfig):
     lr: float = positive()
     batch_size: int = positive()
     batches_per_task: int = positive()
+    clamp: bool = MISSING  # clamp(lambda, 0, 1) in the forward pass
+    stream: str = option(MISSING, choices=("fresh", "cycled"))  # test batches: a fresh permutation each step, or cycled
     log_every: int = positive()
+    curve_every: int = option(MISSING, low=0)  # merged val/test accuracy every k steps (0: none), the run's curve.png
 
 
 @dataclass
@@ -279,8 +282,11 @@ class WeMoEMerge(MergeConfig):
     router_hidden_layers: int = option(MISSING, choices=(0, 1, 2))
     steps: int = positive()
     lr: float = positive()
+    lr_schedule: str = option(MISSING, choices=("cosine", "constant"))
+    batch_reduce: bool = MISSING  # train with one routing vector per task batch (one forward per task)
     batch_size: int = positive()
     log_every: int = positive()
+    curve_every: int = option(MISSING, low=0)  # val/test accuracy every k steps (0: none), the run's curve.png
 
 
 SCHEMAS = {

@@ -18,6 +18,8 @@ the entropy objective, the step loader and the ``history`` curve read by the MLf
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -67,8 +69,13 @@ class TTAModule(L.LightningModule):
 
     def __init__(self, heads: dict[str, Tensor], test_sets: dict[str, Dataset], steps: int, lr: float,
                  batch_size: int, batches_per_task: int, fresh_batches: bool, log_every: int, seed: int,
-                 stage_name: str):
+                 stage_name: str, per_task_forward: bool = False, curve: Callable[[], dict[str, float]] | None = None,
+                 curve_every: int = 0):
         super().__init__()
+        # one forward per task's batches (needed when a forward mixes its samples, e.g. WeMoE's batch_reduce)
+        self.per_task_forward = per_task_forward
+        # every curve_every steps: curve() -> accuracies of the model so far (a test-time method's curve)
+        self.curve, self.curve_every = curve, int(curve_every)
         self.names = list(test_sets)
         self.test_sets = test_sets
         for i, name in enumerate(self.names):
@@ -119,7 +126,11 @@ class TTAModule(L.LightningModule):
 
     def training_step(self, step: Tensor, batch_idx: int) -> Tensor:
         images, sizes = self.draw()
-        loss = self.objective(self.encode(images), sizes)
+        if self.per_task_forward:
+            features = torch.cat([self.encode(chunk) for chunk in torch.split(images, [sum(s) for s in sizes])])
+        else:
+            features = self.encode(images)
+        loss = self.objective(features, sizes)
         done = batch_idx + 1
         if done % self.log_every == 0 or done == self.steps:  # the only host sync, every log_every steps
             value = float(loss.detach())
@@ -127,6 +138,22 @@ class TTAModule(L.LightningModule):
                 raise NeuligError(f"{self.stage_name} entropy loss is {value} at step {done}; lower merge.lr")
             self.history.append({"epoch": done, "train/loss": value, **self.extra_metrics()})
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """The accuracy curve: after the optimiser step of every ``curve_every``-th step (and before the first)."""
+        done = batch_idx + 1
+        if self.curve is None or self.curve_every <= 0 or (done % self.curve_every and done != self.steps):
+            return
+        point = next((p for p in self.history if p["epoch"] == done), None)
+        values = self.curve()
+        if point is None:
+            self.history.append({"epoch": done, **values})
+        else:
+            point.update(values)
+
+    def on_train_start(self) -> None:
+        if self.curve is not None and self.curve_every > 0:
+            self.history.append({"epoch": 0, **self.curve()})
 
     def train(self, mode: bool = True):
         """The frozen encoder always runs in eval mode (no BatchNorm update, no dropout)."""
@@ -148,9 +175,10 @@ class AdaMergingModule(TTAModule):
 
     def __init__(self, visual: nn.Module, merger: AdaMergingWeights, heads: dict[str, Tensor],
                  test_sets: dict[str, Dataset], steps: int = 500, lr: float = 1e-3, batch_size: int = 16,
-                 batches_per_task: int = 2, log_every: int = 10, seed: int = 0):
-        super().__init__(heads, test_sets, steps, lr, batch_size, batches_per_task, fresh_batches=True,
-                         log_every=log_every, seed=seed, stage_name="adamerging")
+                 batches_per_task: int = 2, log_every: int = 10, seed: int = 0, fresh_batches: bool = True,
+                 curve: Callable[[], dict[str, float]] | None = None, curve_every: int = 0):
+        super().__init__(heads, test_sets, steps, lr, batch_size, batches_per_task, fresh_batches=fresh_batches,
+                         log_every=log_every, seed=seed, stage_name="adamerging", curve=curve, curve_every=curve_every)
         # kept out of the module tree: the backbone is shared and frozen, and functional_call replaces
         # every one of its tensors, so neither the optimiser, DDP nor a device move should see it
         self.__dict__["visual"] = visual
@@ -165,7 +193,8 @@ class AdaMergingModule(TTAModule):
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, float]:
         coeffs = self.merger.coefficients().mean(0)
-        return {f"lambda/{name}": float(c) for name, c in zip(self.names, coeffs)}
+        drift = {f"lambda/{k.removeprefix('lambda_')}": v for k, v in self.merger.drift().items()}
+        return {**{f"lambda/{name}": float(c) for name, c in zip(self.names, coeffs)}, **drift}
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.merger.parameters(), lr=self.lr, betas=(0.9, 0.999), weight_decay=0.0)

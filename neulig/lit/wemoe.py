@@ -10,8 +10,14 @@ from its cycled, shuffled test order, and the loss is
     L = sum_k mean_{x in batch_k} H(softmax(head_k(f(x; W(x)))))
 The tasks' batches go through the encoder together: routing is per sample (mean over that sample's
 tokens) and the encoder runs in eval mode, so this equals one forward per task.
+
+FusionBench's recipe (``conf/merge/wemoe_fusionbench.yaml``): Adam lr 1e-4 with a constant rate
+(``lr_schedule: constant``) and ``batch_reduce``: during training each task's batch is routed by its
+mean routing vector (so each task gets its own forward); evaluation always routes per sample.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -23,10 +29,21 @@ from neulig.merging.wemoe import WeMoE
 
 class WeMoEModule(TTAModule):
     def __init__(self, wemoe: WeMoE, heads: dict[str, Tensor], test_sets: dict[str, Dataset], steps: int = 1000,
-                 lr: float = 1e-3, batch_size: int = 16, log_every: int = 10, seed: int = 0):
+                 lr: float = 1e-3, batch_size: int = 16, log_every: int = 10, seed: int = 0,
+                 lr_schedule: str = "cosine", batch_reduce: bool = False,
+                 curve: Callable[[], dict[str, float]] | None = None, curve_every: int = 0):
+        # batch_reduce routes each task's batch by its mean routing vector: one forward per task
         super().__init__(heads, test_sets, steps, lr, batch_size, batches_per_task=1, fresh_batches=False,
-                         log_every=log_every, seed=seed, stage_name="wemoe")
-        self.wemoe = wemoe
+                         log_every=log_every, seed=seed, stage_name="wemoe", per_task_forward=batch_reduce,
+                         curve=curve, curve_every=curve_every)
+        self.wemoe, self.lr_schedule, self.batch_reduce = wemoe, lr_schedule, batch_reduce
+
+    def on_train_start(self) -> None:
+        self.wemoe.set_batch_reduce(self.batch_reduce)
+        super().on_train_start()
+
+    def on_train_end(self) -> None:
+        self.wemoe.set_batch_reduce(False)  # evaluation routes every sample by its own vector
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.wemoe]
@@ -36,12 +53,16 @@ class WeMoEModule(TTAModule):
 
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, float]:
-        routing = self.wemoe.routing_weights().float().mean((0, 1))  # this step's batch, mean over layers
+        weights = self.wemoe.routing_weights().float()  # this step's batch [layers, B, T]
+        routing = weights.mean((0, 1))
         metrics = {f"routing/{name}": float(r) for name, r in zip(self.names, routing)}
+        metrics.update({"routing/min": float(weights.min()), "routing/max": float(weights.max())})
         metrics["lr"] = float(self.optimizers().param_groups[0]["lr"])
         return metrics
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.wemoe.router_parameters(), lr=self.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.steps)
+        if self.lr_schedule == "constant":  # FusionBench's recipe
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.steps)  # the original repository
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

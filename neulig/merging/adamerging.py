@@ -5,7 +5,8 @@ Model (docs/methods.md §9), with tau_k = theta_k - theta_0 and clamp(.) = clamp
  - layer-wise: theta^j = theta_0^j + sum_k clamp(lambda_k^j) tau_k^j      (one per state-dict tensor j)
 The coefficient of theta_0 is fixed at 1; every lambda starts at ``init_lambda`` = 0.3 (the "prior").
 The clamp has zero gradient outside [0, 1], so a lambda that leaves the interval stays frozen at
-the bound: that is the reference's behaviour and is kept for parity.
+the bound: that is the reference's behaviour and the default; ``clamp=False`` (FusionBench's recipe)
+uses the raw lambdas, and :meth:`AdaMergingWeights.drift` says how far they left [0, 1].
 Objective: the sum over tasks k of the mean prediction entropy H(softmax(head_k(f(x; theta)))),
 H(p) = -sum_c p_c log p_c, on *unlabeled test images* (test-time adaptation, as the reference).
 
@@ -79,9 +80,10 @@ class AdaMergingWeights(nn.Module):
     """
 
     def __init__(self, base: StateDict, experts: Sequence[StateDict], granularity: str = "layer",
-                 init_lambda: float = 0.3):
+                 init_lambda: float = 0.3, clamp: bool = True):
         super().__init__()
         self.granularity = check_granularity(granularity)
+        self.clamp = clamp  # clamp(lambda, 0, 1) in the forward pass (the original repository; FusionBench: off)
         self.base, self.experts = base, list(experts)
         self.keys = classify_keys(base).params  # sorted, as FlatStack's slots
         rows = 1 if granularity == "task" else len(self.keys)
@@ -103,14 +105,23 @@ class AdaMergingWeights(nn.Module):
         return self._flat
 
     def coefficients(self) -> Tensor:
-        """clamp(lambda, 0, 1) as [J, T] (layer-wise) or [1, T] (task-wise)."""
-        return clamped(self.lambdas)
+        """The lambdas the forward pass uses, [J, T] (layer-wise) or [1, T] (task-wise): clamped to [0, 1]
+        unless ``clamp`` is off."""
+        return clamped(self.lambdas) if self.clamp else self.lambdas
+
+    @torch.no_grad()
+    def drift(self) -> dict[str, float]:
+        """How far the raw lambdas left the unit interval: the share outside [0, 1], their min and max."""
+        raw = self.lambdas.detach()
+        return {"lambda_outside_unit": float(((raw < 0) | (raw > 1)).float().mean()),
+                "lambda_min": float(raw.min()), "lambda_max": float(raw.max())}
 
     @torch.no_grad()
     def ensemble_coefficients(self) -> Tensor:
-        """Per-task coefficients [T] of the ensemble counterpart: clamped lambda (task-wise) or its mean
-        over tensors (layer-wise), normalised to sum 1 (uniform if every coefficient is 0)."""
-        c = self.coefficients().mean(0).float()
+        """Per-task coefficients [T] of the ensemble counterpart: the lambdas the forward pass uses
+        (task-wise) or their mean over tensors (layer-wise), clipped at 0 and normalised to sum 1
+        (uniform if every coefficient is 0)."""
+        c = self.coefficients().mean(0).float().clamp_min(0)
         total = c.sum()
         return c / total if total > 0 else torch.full_like(c, 1.0 / c.numel())
 

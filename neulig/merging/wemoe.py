@@ -141,9 +141,13 @@ class WeightEnsemblingMLP(nn.Module):
         return per_sample_linear(x, getattr(self, w), getattr(self, b), getattr(self, "tau_" + w),
                                  getattr(self, "tau_" + b), r)
 
+    batch_reduce = False  # one routing vector for the whole batch (its mean), FusionBench's training mode
+
     def forward(self, x: Tensor) -> Tensor:
         h = x if self.batch_first else x.transpose(0, 1)
         r = self.router.routing_weights(h)
+        if self.batch_reduce:
+            r = r.mean(0, keepdim=True).expand_as(r)
         self.last_weights = r.detach()
         out = self._linear(self.act(self._linear(h, "c_fc", r)), "c_proj", r)
         return out if self.batch_first else out.transpose(0, 1)
@@ -189,6 +193,12 @@ class WeMoE(nn.Module):
     @property
     def layers(self) -> list[WeightEnsemblingMLP]:
         return [self.encoder.get_submodule(p) for p in self.layer_names]
+
+    def set_batch_reduce(self, on: bool) -> None:
+        """Route each batch by its mean routing vector (FusionBench trains so: one forward per task's batch)
+        or each sample by its own (the original repository, and every evaluation)."""
+        for layer in self.layers:
+            layer.batch_reduce = on
 
     def router_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.router.parameters()]

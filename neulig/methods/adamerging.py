@@ -3,7 +3,10 @@ learned by entropy minimisation on the *unlabeled test images* of every dataset 
 as the reference), then the merged model and its ensemble counterpart evaluated on the test splits.
 
 Ensemble counterpart: the cached expert test features [N, T, d] combined (``ensemble.level``) with the
-learned clamp(lambda, 0, 1), averaged over tensors (layer-wise) and normalised to sum 1.
+learned lambdas (clamped to [0, 1] unless ``clamp`` is off), averaged over tensors (layer-wise), clipped
+at 0 and normalised to sum 1. The run also records how far the raw lambdas drifted out of [0, 1]
+(``drift/...``) and, every ``curve_every`` steps, the merged model's val and test accuracy (its curve;
+no step count is chosen from it).
 """
 from __future__ import annotations
 
@@ -22,11 +25,19 @@ def run(combination: Combination, method: AdaMergingMerge, context: Context) -> 
     from neulig.merging.adamerging import AdaMergingWeights
 
     L.seed_everything(context.seed, verbose=False)
-    merger = AdaMergingWeights(combination.base, combination.experts, method.granularity, method.init_lambda)
+    merger = AdaMergingWeights(combination.base, combination.experts, method.granularity, method.init_lambda,
+                               method.clamp)
     test_sets = {d: combination.datasets[d].test for d in combination.names}
+
+    @torch.no_grad()
+    def curve() -> dict[str, float]:
+        state = {k: v.detach() for k, v in merger.merged_state().items()}
+        return combination.curve_point(state)
+
     module = AdaMergingModule(combination.visual, merger, combination.heads, test_sets, steps=method.steps,
                               lr=method.lr, batch_size=method.batch_size, batches_per_task=method.batches_per_task,
-                              log_every=method.log_every, seed=context.seed)
+                              log_every=method.log_every, seed=context.seed, fresh_batches=method.stream == "fresh",
+                              curve=curve, curve_every=method.curve_every)
     fit_steps(module, method.steps, context.trainer, context.callbacks)
     merger = merger.to(combination.device)
     with torch.no_grad():
@@ -38,5 +49,7 @@ def run(combination: Combination, method: AdaMergingMerge, context: Context) -> 
     details = {"coefficients": {d: float(c) for d, c in zip(combination.names, coeffs)},
                "lambda_mean": {d: float(c) for d, c in zip(combination.names, lambdas.mean(0))},
                "granularity": merger.granularity}
+    drift = {f"drift/{k}": v for k, v in merger.drift().items()}
     return ComboResult(tuple(combination.names), accuracy, granularity="one merged encoder, lambdas learned at test time",
-                       merged=(MergedModel("merged", state),), details=details, history=tuple(module.history))
+                       merged=(MergedModel("merged", state),), details=details, history=tuple(module.history),
+                       diagnostics=drift)

@@ -56,6 +56,11 @@ class Combination:
                                     self.labels(d, split), self.heads[d])
                 for d in (names or self.names)}
 
+    def curve_point(self, state: StateDict) -> dict[str, float]:
+        """A training curve's point: the mean accuracy of the merged encoder ``state`` on val and test."""
+        return {f"{split}/merged_avg": sum(acc.values()) / len(acc)
+                for split in ("val", "test") for acc in [self.merged_accuracy(state, split)]}
+
     def ensemble_accuracy(self, coeffs: Tensor | Callable[[str], Tensor], level: str) -> dict[str, float]:
         """Accuracy of the experts' ensemble on each test split; ``coeffs`` [T] or [N, T], or a function
         of the dataset giving them."""

@@ -138,3 +138,20 @@ def test_resnet_backbone_is_refused_in_one_line():
     with pytest.raises(NeuligError, match="does not apply") as err:
         mlp_prefixes(resnet)
     assert "\n" not in str(err.value)
+
+
+def test_batch_reduce_routes_a_batch_by_its_mean_vector(family):
+    visual, base, experts, images = family
+    wemoe = WeMoE(visual, base, experts)
+    for layer in wemoe.layers:  # distinct per-sample routes
+        torch.nn.init.normal_(layer.router.fc2.weight, std=1.0)
+    with torch.no_grad():
+        wemoe(images)
+        own = wemoe.routing_weights()
+        wemoe.set_batch_reduce(True)
+        wemoe(images)
+        reduced = wemoe.routing_weights()
+    assert not torch.allclose(own[:, 0], own[:, 1])
+    assert torch.allclose(reduced, reduced[:, :1].expand_as(reduced))  # one vector per layer for the whole batch
+    # the first layer sees the same tokens either way: its vector is the mean of the per-sample ones
+    assert torch.allclose(reduced[0, 0], own[0].mean(0), atol=1e-6)
