@@ -213,7 +213,7 @@ def test_missing_expert_file_is_one_line_before_any_work(tmp_path):
     missing = tmp_path / "nowhere" / "digits.safetensors"
     proc = run_cli(tmp_path, "merge=average", given("digits", missing))
     assert_one_error(proc, re.escape(f"expert checkpoint for digits not found: {missing} (model.experts.digits); "
-                                     "give the path of an existing file"))
+                                     "give the path of an existing file or Hugging Face folder"))
     assert not (tmp_path / "outputs" / "cache").exists()
 
 
