@@ -24,11 +24,26 @@ def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     clock = Clock()
     products = prepare(config, callbacks, clock)
     runner = resolve(config.merge.runner)
-    context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
-    combos = tuple(run_method(runner, products.combination(group), config.merge, context)
-                   for group in combinations(products.names, config.data.num_co_models))
+    context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks), products.features)
+    groups = combinations(products.names, config.data.num_co_models)
+    many = resolve(config.merge.runner_many) if config.merge.runner_many and len(groups) > 1 else None
+    if many is not None and one_at_a_time(config):
+        log.info(f"{config.merge.name}: {len(groups)} combinations one at a time ({one_at_a_time(config)})")
+        many = None
+    combos = tuple(run_method(runner, groups, products.combination, config.merge, context, many))
     clock.lap("combination_done", f"{config.merge.name} done")
     return RunResult(tuple(products.names), products.reference, combos, clock.timings(), products.base)
+
+
+def one_at_a_time(config: Config) -> str | None:
+    """Why a method that can train every combination at once (``merge.runner_many``) must not, or None:
+    batched training runs on one device, and aligned experts are copies, one set per combination, that
+    only one-at-a-time runs can free before the next combination is built."""
+    if config.trainer.devices > 1:
+        return f"trainer.devices={config.trainer.devices}: batched training runs on one device"
+    if config.align.method is not None:
+        return f"align={config.align.method}: one combination's aligned experts held at a time"
+    return None
 
 
 @dataclass(frozen=True)

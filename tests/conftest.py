@@ -86,3 +86,15 @@ def tiny_cfg(tmp_path):
         return compose([*TINY_OVERRIDES, *(PORTLAND_TINY if merge == "portland" else []), *extra], tmp_path)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core machine OpenMP threads spin-wait more than they compute."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

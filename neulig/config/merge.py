@@ -30,9 +30,14 @@ class MergeConfig:
     name: str = MISSING  # the yaml's file name: run names, tags and reports use it
     kind: str = option(MISSING, choices=KINDS)  # static / trained / ensemble: what its numbers mean
     runner: str = MISSING  # dotted path: runner(combination, method, context) -> ComboResult
+    # dotted path: runner_many(combinations, method, context) -> [ComboResult], all k-combinations at once
+    # (data.num_co_models); null: the runner, one combination at a time
+    runner_many: Optional[str] = None
 
     def check(self, prefix: str) -> None:
         check_dotted(f"{prefix}runner", self.runner)
+        if self.runner_many is not None:
+            check_dotted(f"{prefix}runner_many", self.runner_many)
 
     def train_views(self) -> Optional[Tuple[int, Tuple[float, float]]]:
         """(views, crop scale range) of augmented train views the method trains on; None: none."""

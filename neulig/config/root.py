@@ -43,6 +43,7 @@ class Config:
     eval: EvalConfig = MISSING
     save_merged: bool = MISSING  # write the merged models as checkpoints into the run dir
     save_format: str = option(MISSING, choices=("open_clip", "hf"))  # safetensors files, or Hugging Face folders
+    feature_dtype: str = option(MISSING, choices=("float32", "float16"))  # cached expert features, held once
     progress: str = option(MISSING, choices=("auto", "on", "off"))  # progress bars on stderr
 
     def check(self, prefix: str) -> None:

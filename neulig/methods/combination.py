@@ -24,6 +24,7 @@ class Context:
     seed: int
     level: str  # ensemble.level: features | logits
     callbacks: tuple = ()
+    features: object = None  # the run's stages.RunFeatures (each expert's features held once), for batched runners
 
 
 @dataclass
@@ -85,9 +86,22 @@ def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts:
                        alignment=alignment)
 
 
-def run_method(runner: Callable, combination: Combination, method, context: Context) -> ComboResult:
-    """The runner's result on the combination, with what building the combination measured (alignment)."""
-    result = runner(combination, method, context)
+def run_method(runner: Callable, groups: list[tuple[str, ...]], build: Callable[[tuple[str, ...]], Combination],
+               method, context: Context, many: Callable | None = None) -> list[ComboResult]:
+    """The runner's result on each combination of ``groups`` (built by ``build``), with what building it
+    measured (alignment). One at a time, so that only one combination's experts are held; ``many``, if
+    given, takes them all at once (every combination's experts are then held together)."""
+    if many is not None:
+        combinations = [build(group) for group in groups]
+        return [with_alignment(r, c) for r, c in zip(many(combinations, method, context), combinations)]
+    results = []
+    for group in groups:
+        combination = build(group)
+        results.append(with_alignment(runner(combination, method, context), combination))
+    return results
+
+
+def with_alignment(result: ComboResult, combination: Combination) -> ComboResult:
     if combination.alignment is None or not combination.alignment.groups:
         return result
     return replace(result, diagnostics={**result.diagnostics, **combination.alignment.metrics},

@@ -10,6 +10,8 @@ mean validation beta) and ``merged_global`` (one merge for all datasets).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -70,7 +72,48 @@ def run(combination: Combination, method: PortlandMerge, context: Context) -> Co
     kwargs.update(max_epochs=method.global_epochs, use_distributed_sampler=False, num_sanity_val_steps=0,
                   enable_progress_bar=False)
     L.Trainer(callbacks=list(context.callbacks), **kwargs).fit(module)
-    return evaluate(combination, module.portland, method, context, module)
+    return evaluate(combination, module.portland, method, context,
+                    Fit(module.best_epoch, module.best_val_acc, tuple(module.history)))
+
+
+def combo_inputs(combination: Combination, offsets_over: str):
+    """What the batched trainer needs of a combination besides its features: its datasets, heads and the
+    offset statistics of its experts (as :func:`build_module` computes them)."""
+    from neulig.lit.portland_batched import ComboInputs
+    from neulig.merging.portland import offset_statistics
+
+    eps_star, gram = offset_statistics(flatten_for_offsets(combination.experts, offsets_over))
+    return ComboInputs(tuple(combination.names), tuple(combination.heads[d] for d in combination.names), eps_star, gram)
+
+
+def run_many(combinations: list[Combination], method: PortlandMerge, context: Context) -> list[ComboResult]:
+    """Every combination trained at once (``lit.portland_batched``: each keeps its own parameters,
+    optimiser state, initialisation and seeded batch order, so each equals training it alone), reading
+    the run's features held once (``context.features``), then each evaluated as :func:`run` evaluates it."""
+    from neulig.lit.portland_batched import PortlandOptions, fit_combinations
+    from neulig.merging.portland import Portland
+
+    groups = [list(c.names) for c in combinations]
+    stores = context.features.stores
+    fits = fit_combinations([combo_inputs(c, method.offsets_over) for c in combinations],
+                            stores["train"].sources(groups), stores["val"].sources(groups),
+                            PortlandOptions.of(method, context.seed), device=combinations[0].device)
+    results = []
+    for combination, fit in zip(combinations, fits):
+        portland = Portland(len(combination.names), stores["train"].bank.shape[-1])
+        portland.load_state_dict(fit.state)
+        results.append(evaluate(combination, portland, method, context,
+                                Fit(fit.best_epoch, fit.best_val_acc, tuple(fit.history))))
+    return results
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How Portland's training ended: the selected epoch, its validation accuracy, the history."""
+
+    best_epoch: int
+    best_val_acc: float
+    history: tuple
 
 
 @torch.no_grad()
@@ -96,7 +139,7 @@ def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: n
 
 @torch.no_grad()
 def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerge, context: Context,
-             module=None) -> ComboResult:
+             fit: Fit | None = None) -> ComboResult:
     """Ensembled accuracy (per-sample beta) and the three merge granularities, with routing diagnostics."""
     flat = FlatStack(combination.experts, device=combination.device)
     portland = portland.to(combination.device).eval()
@@ -121,7 +164,7 @@ def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerg
     merged = (MergedModel("merged_global", coefficients=tuple(global_beta.tolist()), experts=experts),
               *(MergedModel(f"merged_task/{d}", coefficients=tuple(task_beta[d]), experts=experts) for d in names))
     details = {**diagnostics, "global_beta": global_beta.tolist(), "task_beta": task_beta}
-    if module is not None:
-        details.update(best_epoch=module.best_epoch, best_val_ensembled=module.best_val_acc)
+    if fit is not None:
+        details.update(best_epoch=fit.best_epoch, best_val_ensembled=fit.best_val_acc)
     return ComboResult(tuple(names), acc, labels=LABELS, granularity="per test batch (paper protocol)",
-                       merged=merged, details=details, history=tuple(module.history if module is not None else ()))
+                       merged=merged, details=details, history=fit.history if fit is not None else ())

@@ -46,12 +46,14 @@ def encode(encoder: nn.Module, dataset, batch_size: int, device: torch.device) -
 
 
 def expert_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_key: dict, cache_dir: Path,
-                    device: torch.device, batch_size: int = 256) -> dict[str, Tensor]:
-    """Cached features of one frozen encoder on every split of ``dataset``: {split: [N, d]}."""
+                    device: torch.device, batch_size: int = 256, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Cached features of one frozen encoder on every split of ``dataset``: {split: [N, d]}, computed in
+    float32 and kept (on disk too) in ``dtype``."""
     def compute() -> tuple[dict, dict]:
-        return {split: encode(encoder, getattr(dataset, split), batch_size, device) for split in SPLITS}, {}
+        return {split: encode(encoder, getattr(dataset, split), batch_size, device).to(dtype) for split in SPLITS}, {}
 
-    return FEATURES.fetch(cache_dir, (owner_key, data_key), compute).tensors
+    parts = (owner_key, data_key) if dtype == torch.float32 else (owner_key, data_key, str(dtype))
+    return FEATURES.fetch(cache_dir, parts, compute).tensors
 
 
 def view_generator(seed: int, dataset_name: str, view: int) -> torch.Generator:
@@ -83,55 +85,122 @@ def encode_views(encoder: nn.Module, dataset, dataset_name: str, views: int, sca
 
 def view_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_key: dict, views: int,
                   scale: tuple[float, float], seed: int, cache_dir: Path, device: torch.device,
-                  batch_size: int = 256) -> Tensor:
-    """Cached features of ``views`` augmented views of the train split (``encode_views``)."""
+                  batch_size: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Cached features of ``views`` augmented views of the train split (``encode_views``), kept in ``dtype``."""
     scale = (float(scale[0]), float(scale[1]))
 
     def compute() -> tuple[dict, dict]:
-        feats = encode_views(encoder, dataset.train, dataset.name, views, scale, seed, batch_size, device)
+        feats = encode_views(encoder, dataset.train, dataset.name, views, scale, seed, batch_size, device).to(dtype)
         return {"train": feats}, {"views": views, "scale": list(scale)}
 
-    return VIEWS.fetch(cache_dir, (owner_key, data_key, views, scale, seed), compute).tensors["train"]
+    parts = (owner_key, data_key, views, scale, seed) + (() if dtype == torch.float32 else (str(dtype),))
+    return VIEWS.fetch(cache_dir, parts, compute).tensors["train"]
 
 
-@dataclass(frozen=True)
+class StackedView:
+    """A combination's experts' features on one dataset, stacked [N, T, d] (float32) when read: the run's
+    features stay held once (:class:`RunFeatures`), no combination keeps a copy of its own."""
+
+    def __init__(self, features: RunFeatures, group: list[str], dataset: str):
+        self._features, self._group, self._dataset = features, list(group), dataset
+
+    def split(self, name: str) -> Tensor:
+        return torch.stack([self._features.experts[e][self._dataset].split(name) for e in self._group], 1).float()
+
+    @property
+    def train(self) -> Tensor:
+        return self.split("train")
+
+    @property
+    def val(self) -> Tensor:
+        return self.split("val")
+
+    @property
+    def test(self) -> Tensor:
+        return self.split("test")
+
+    @property
+    def train_views(self) -> Tensor | None:
+        return None if self._features.views == 0 else self.split("train_views")
+
+
 class RunFeatures:
-    """Every frozen encoder's features of a run: the zero-shot backbone of each dataset's origin on that
-    dataset, and every expert on every dataset."""
+    """Every frozen encoder's features of a run, each held once: the zero-shot backbone of each dataset's
+    origin on that dataset (``pretrained``), and every expert on every dataset in one
+    :class:`~neulig.data.feature_store.FeatureStore` per split (``stores``; the train store holds each
+    dataset's clean rows then its augmented views', as Portland trains on them). ``experts[e][d]`` are
+    views into the stores; ``dtype`` (``feature_dtype``) is how they are held, float32 or float16."""
 
-    pretrained: dict[str, SplitFeatures]
-    experts: dict[str, dict[str, SplitFeatures]]  # expert -> dataset -> features
+    def __init__(self, names: list[str], sizes: dict[str, dict[str, int]], views: int, dim: int, dtype: torch.dtype):
+        from neulig.data.feature_store import FeatureStore
 
-    def stacked(self, group: list[str], dataset: str) -> SplitFeatures:
-        """The group's experts' features on ``dataset``, stacked: [N, T, d] per split."""
-        parts = [self.experts[e][dataset] for e in group]
-        views = None if parts[0].train_views is None else torch.stack([p.train_views for p in parts], 1)
-        return SplitFeatures(*(torch.stack([p.split(s) for p in parts], 1) for s in SPLITS), train_views=views)
+        self.names, self.views, self.pretrained = list(names), views, {}
+        rows = {"train": {d: n["train"] * (1 + views) for d, n in sizes.items()},
+                "val": {d: n["val"] for d, n in sizes.items()}, "test": {d: n["test"] for d, n in sizes.items()}}
+        self.stores = {split: FeatureStore(names, rows[split], dim, dtype) for split in SPLITS}
+        self._sizes = sizes
+
+    def put(self, expert: str, dataset: str, splits: dict[str, Tensor], train_views: Tensor | None) -> None:
+        for split in SPLITS:
+            self.stores[split].put(expert, dataset, splits[split])
+        if train_views is not None:
+            self.stores["train"].put(expert, dataset, train_views, start=self._sizes[dataset]["train"])
+
+    def put_labels(self, dataset: str, labels: dict[str, Tensor]) -> None:
+        self.stores["train"].label_sets[dataset] = labels["train"].long().repeat(1 + self.views)
+        for split in ("val", "test"):
+            self.stores[split].label_sets[dataset] = labels[split].long()
+
+    @property
+    def experts(self) -> dict[str, dict[str, SplitFeatures]]:
+        """expert -> dataset -> its features (views into the stores)."""
+        return {e: {d: self._split_features(e, d) for d in self.names} for e in self.names}
+
+    def _split_features(self, expert: str, dataset: str) -> SplitFeatures:
+        n = self._sizes[dataset]["train"]
+        train = self.stores["train"].rows(expert, dataset)
+        return SplitFeatures(train[:n], self.stores["val"].rows(expert, dataset), self.stores["test"].rows(expert, dataset),
+                             train[n:] if self.views else None)
+
+    def stacked(self, group: list[str], dataset: str) -> StackedView:
+        """The group's experts' features on ``dataset``: [N, T, d] per split, stacked when read."""
+        return StackedView(self, group, dataset)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(store.nbytes for store in self.stores.values())
 
 
 def all_features(config, backbones: dict, origins: dict, experts: dict, datasets: dict[str, LoadedDataset]
                  ) -> RunFeatures:
     """Cached features of every expert on every dataset and of each dataset's pretrained backbone, with
-    the augmented train views a method asks for (``MergeConfig.train_views``: Portland's)."""
+    the augmented train views a method asks for (``MergeConfig.train_views``: Portland's), put into the
+    run's stores one (expert, dataset) at a time, so no second copy is held."""
     import copy
 
     from neulig.stages.datasets import data_key
 
     cache, device = config.paths.cache_dir, config.trainer.device()
+    dtype = getattr(torch, config.feature_dtype)
     views = config.merge.train_views()
     names = list(datasets)
     keys = {d: data_key(config, datasets[d]) for d in names}
     pretrained = {d: SplitFeatures(**expert_features(backbones[origins[d]].visual, backbones[origins[d]].key,
-                                                     datasets[d], keys[d], cache, device)) for d in names}
+                                                     datasets[d], keys[d], cache, device, dtype=dtype)) for d in names}
+    sizes = {d: {s: len(getattr(datasets[d], s)) for s in SPLITS} for d in names}
+    features = RunFeatures(names, sizes, views[0] if views else 0, pretrained[names[0]].test.shape[-1], dtype)
+    features.pretrained = pretrained
+    for d in names:
+        features.put_labels(d, {s: getattr(datasets[d], s).labels for s in SPLITS})
     scratch = copy.deepcopy(backbones[origins[names[0]]].visual)
-    per_expert: dict[str, dict[str, SplitFeatures]] = {}
     for e in names:
         scratch.load_state_dict(experts[e].state)
-        per_expert[e] = {d: SplitFeatures(
-            **expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device),
-            train_views=view_features(scratch, experts[e].key, datasets[d], keys[d], views[0], views[1], config.seed,
-                                      cache, device) if views else None) for d in names}
-    return RunFeatures(pretrained, per_expert)
+        for d in names:
+            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, dtype=dtype)
+            train_views = view_features(scratch, experts[e].key, datasets[d], keys[d], views[0], views[1], config.seed,
+                                        cache, device, dtype=dtype) if views else None
+            features.put(e, d, splits, train_views)
+    return features
 
 
 def reference_accuracies(features: RunFeatures, datasets: dict[str, LoadedDataset], heads: dict[str, Tensor]

@@ -1,22 +1,12 @@
 """Session-cached towers for the alignment tests (building and calibrating them once per run)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-import torch
 from torch import Tensor, nn
 
 from tests.alignment.towers import build, lively_state
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: these models are tiny, and on a shared 2-core machine OpenMP threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +21,8 @@ def tower() -> Callable[[str], tuple[nn.Module, dict[str, Tensor]]]:
         return cache[name]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread) -> None:
+    """Every alignment test runs on one torch thread (``tests/conftest.py``)."""
