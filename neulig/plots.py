@@ -57,16 +57,7 @@ def scatter_png(points: list[dict], path: str | Path, title: str | None = None) 
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("merged accuracy (%)")
-    ax.set_ylabel("ensembled accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.grid(True, linewidth=0.3, alpha=0.5)
-    ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, ax, "merged accuracy (%)", "ensembled accuracy (%)", title, path)
 
 
 def run_scatter(run_dir: str | Path, method: str, metrics: dict[str, float], title: str | None = None) -> Path:
@@ -98,8 +89,13 @@ def curve_png(histories: dict[str, list[dict]], path: str | Path, title: str | N
         name = key if len(histories) == 1 else f"{label}: {key}"
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, linestyle="-" if key.startswith("test") else "--",
                 label=name)
-    ax.set_xlabel("step (epoch for Portland)")
-    ax.set_ylabel("accuracy (%), mean over datasets")
+    return save_figure(fig, ax, "step (epoch for Portland)", "accuracy (%), mean over datasets", title, path)
+
+
+def save_figure(fig, ax, xlabel: str, ylabel: str, title: str | None, path: str | Path) -> Path:
+    """Label, grid and legend the axes, then write the figure as a PNG at ``path`` (temp name, renamed)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(True, linewidth=0.3, alpha=0.5)
