@@ -19,7 +19,8 @@ if python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv >/dev
       --python "$venv/bin/python" -e '.[dev,optuna]' || echo "optional: Optuna sweeper not installed"
 else
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -e '.[dev]'
-  "$venv/bin/pip" install -q -e '.[dev,optuna]' || echo "optional: Optuna sweeper not installed"
+  "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip -q  # a venv uv made has no pip
+  "$venv/bin/python" -m pip install -q -e '.[dev]'
+  "$venv/bin/python" -m pip install -q -e '.[dev,optuna]' || echo "optional: Optuna sweeper not installed"
 fi
 "$venv/bin/python" -c "import torch, torchvision, open_clip, lightning, hydra, mlflow; print('installed: torch', torch.__version__, 'open_clip', open_clip.__version__)"

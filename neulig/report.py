@@ -48,6 +48,7 @@ EPILOG = """\
 examples:
   python -m neulig.report                                   every finished run in outputs/mlflow.db
   python -m neulig.report --latest                          newest run per method, backbone and data
+  python -m neulig.report --over-seeds                      mean and spread of each experiment over seeds
   python -m neulig.report --experiment neulig-embedded-tiny --scatter outputs/scatter.png
   python -m neulig.report --filter "tags.backbone = 'tiny'" --format csv > table.csv
   python -m neulig.report --filter "params.merge.loss = 'semi'"
@@ -85,6 +86,7 @@ class Run:
     datasets: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # extra accuracies (Portland's granularities): label
+    params: dict[str, str] = field(default_factory=dict)  # the run's flattened config
 
     @property
     def started(self) -> str:
@@ -217,7 +219,8 @@ def to_run(mlflow_run, experiment: str) -> Run:
                start_time=int(info.start_time or 0), method=method,
                model=params.get("model.name") or tags.get("backbone") or exp_model,
                data=params.get("data.name") or exp_data,
-               datasets=parse_datasets(tags, params, metrics), metrics=metrics, kinds=parse_kinds(tags))
+               datasets=parse_datasets(tags, params, metrics), metrics=metrics, kinds=parse_kinds(tags),
+               params=dict(params))
 
 
 def parse_kinds(tags: dict) -> dict[str, str]:
@@ -413,6 +416,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--granularities", action="store_true",
                    help="add Portland's extra rows: merged per test batch, one merge per dataset, one merge for all "
                         "(metrics acc/merged_batch, acc/merged_task, acc/merged_global)")
+    p.add_argument("--over-seeds", action="store_true",
+                   help="one row per experiment (runs whose config differs only in seed): per dataset the mean "
+                        "over seeds, for Avg mean ± sd, and the seeds (markdown only)")
     p.add_argument("--decimals", type=int, metavar="N",
                    help="digits after the decimal point (default: 2 for markdown, full precision for csv)")
     return p
@@ -431,6 +437,10 @@ def report(args: argparse.Namespace) -> str:
         extra = f" with filter {args.filter!r}" if args.filter else ""
         status = "" if args.all_statuses else " (finished runs only; --all-statuses shows the others)"
         raise ReportError(f"no runs matched in {scope}{extra}{status}")
+    if args.over_seeds:
+        from neulig.report_seeds import render
+
+        return render(runs, 2 if args.decimals is None else args.decimals, DASH)
     tables = build_tables(runs, args.granularities)
     if args.scatter is not None:
         from neulig.plots import scatter_png
@@ -448,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.decimals is not None and not 0 <= args.decimals <= 17:
         fail(f"--decimals must be between 0 and 17, got {args.decimals}")
+    if args.over_seeds and (args.latest or args.format != "markdown" or args.scatter or args.granularities):
+        fail("--over-seeds shows every seed's run as one markdown row: drop --latest, --format csv, --scatter "
+             "and --granularities")
     if args.scatter is not None and args.scatter.suffix.lower() != ".png":
         fail(f"--scatter must name a .png file, got {str(args.scatter)!r}")
     try:

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from neulig.config import CONF_DIR
+
 HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--shell-completion", "-sc")
 
 

@@ -217,3 +217,35 @@ def test_cli_missing_store_is_one_line_and_creates_nothing(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no MLflow store at outputs/mlflow.db" in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())  # MLflow did not create an empty store
+
+
+def test_over_seeds_gives_each_experiment_its_mean_and_sd(store, capsys):
+    import statistics
+
+    text = report(capsys, "--tracking-uri", store["uri"], "--over-seeds")
+    rows = {r[0]: r for r in table_rows(text)}
+    assert set(rows) == {"Pre-trained", "Fine-tuned", "portland", "regmean"}
+    portland = [m for merge, _, m in RUNS if merge == "portland"]
+    assert rows["portland"][-1] == "0,1" and rows["regmean"][-1] == "0"
+    for i, key in enumerate(("acc/merged", "acc/ensembled", "gap")):
+        values = [m[f"{key}/avg"] for m in portland]
+        expected = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+        assert rows["portland"][3].split(" / ")[i] == expected
+    alpha = statistics.fmean(m["acc/merged/alpha"] for m in portland)
+    assert rows["portland"][1].split(" / ")[0] == f2(alpha)
+    assert rows["regmean"][3] == f"{RUNS[1][2]['acc/merged/avg']:.2f} ± 0.00 / – / –"
+    assert rows["Pre-trained"][3] == f"{sum(PRE.values()) / 2:.2f} ± 0.00"
+
+
+def test_over_seeds_labels_a_method_s_experiments_by_the_options_that_differ():
+    from neulig.report import Run
+    from neulig.report_seeds import group_runs
+
+    def run(seed, views, start):
+        return Run("id", "n", "e", "FINISHED", start, "portland", "tiny", "toy", ["a"], {"acc/merged/avg": 1.0},
+                   params={"seed": str(seed), "merge.views": str(views), "merge.name": "portland", "paths.root_dir": "x"})
+
+    groups = group_runs([run(0, 2, 1), run(1, 2, 2), run(0, 0, 3), run(0, 0, 4)])
+    assert [(g.label, g.seeds, len(g.runs)) for g in groups] == [
+        ("portland (merge.views=2)", ("0", "1"), 2), ("portland (merge.views=0)", ("0",), 1)]
+    assert groups[1].runs[0].start_time == 4  # a re-run of a seed: the newest counts

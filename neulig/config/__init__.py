@@ -8,12 +8,15 @@ types and unknown keys while it composes. ``load(cfg)`` turns the composed DictC
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from neulig.config.fields import ConfigError, check_fields
 from neulig.config.root import Config
 
-__all__ = ["Config", "ConfigError", "load", "register"]
+__all__ = ["CONF_DIR", "Config", "ConfigError", "compose", "load", "register"]
+
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"  # the CLI's config folder
 
 _registered = False
 
@@ -41,6 +44,17 @@ def register() -> None:
     for name, node in SCHEMAS.items():
         store.store(name=name, group="schema/merge", node=node)
     _registered = True
+
+
+def compose(overrides: list[str]) -> Any:
+    """The CLI's composed config (a DictConfig, not yet checked: :func:`load` checks it) with ``overrides``,
+    for entry points other than ``python -m neulig.run``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
 
 
 def load(cfg: Any) -> Config:

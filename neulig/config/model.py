@@ -4,7 +4,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from neulig.config.fields import ConfigError, mapping, non_negative, positive
+from neulig.config.fields import ConfigError, mapping, non_negative, option, positive
 
 # the offline pretraining of neulig's own tiny backbone (``pretrained: neulig``)
 SHIPPED_PRETRAINING = "neulig"
@@ -17,6 +17,11 @@ class PretrainConfig:
     steps: int = positive()
     batch_size: int = positive()
     lr: float = positive()
+    scale_lr: float = positive()  # the logit scale's lr, as a multiple of lr
+    weight_decay: float = non_negative()  # not on biases, norms, embeddings or the logit scale
+    warmup: float = option(MISSING, low=0.0, high=1.0)  # fraction of the steps
+    style: float = non_negative()  # strength of the random image styles; 0: plain ink
+    symmetric: bool = MISSING  # add CLIP's caption -> image term to the image -> caption one
     n_per_family: int = positive()  # generated images per concept family
     seed: int = MISSING
 
@@ -63,6 +68,9 @@ class ModelConfig:
     experts_dir_model: Optional[str] = None  # the model folder / base name inside experts_dir when it holds several
     weights: Optional[str] = None  # the base weights (any of those formats) instead of <weights_dir>/<arch>_<tag>.bin
     download: bool = False  # fetch missing pretrained weights for arch/pretrained into paths.weights_dir
+    # pretrained=neulig: load the pretraining shipped with the package when its recorded recipe is this
+    # one (neulig/models/shipped.py); false: always pretrain (cached)
+    use_shipped: bool = True
     init_seed: int = 0  # seed of the random initialisation when pretrained=null
 
     def check(self, prefix: str) -> None:

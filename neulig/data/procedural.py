@@ -158,6 +158,20 @@ def _font_paths() -> tuple[str, ...]:
     return tuple(str(folder / n) for n in names if (folder / n).is_file())
 
 
+def render_glyph(char: str, size: int, fonts: tuple[str, ...], rng: np.random.Generator,
+                 scale: tuple[float, float], max_angle: float) -> Image.Image:
+    """One white-on-black character: a random font, height ``scale`` of ``size``, random place and angle."""
+    font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.uniform(*scale) * size))
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), char, font=font)
+    w, h = box[2] - box[0], box[3] - box[1]
+    x = rng.uniform(0, max(size - w, 1)) - box[0]
+    y = rng.uniform(0, max(size - h, 1)) - box[1]
+    draw.text((x, y), char, fill=255, font=font)
+    return img.rotate(rng.uniform(-max_angle, max_angle), resample=Image.BILINEAR)
+
+
 def make_glyphs(
     n: int, seed: int, chars: tuple[str, ...], size: int = 32, style: str = "clean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,15 +181,7 @@ def make_glyphs(
     fonts = _font_paths()
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
-        font = ImageFont.truetype(fonts[rng.integers(len(fonts))], int(rng.uniform(0.55, 0.85) * size))
-        img = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(img)
-        box = draw.textbbox((0, 0), chars[label], font=font)
-        w, h = box[2] - box[0], box[3] - box[1]
-        x = rng.uniform(0, max(size - w, 1)) - box[0]
-        y = rng.uniform(0, max(size - h, 1)) - box[1]
-        draw.text((x, y), chars[label], fill=255, font=font)
-        img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+        img = render_glyph(chars[label], size, fonts, rng, scale=(0.55, 0.85), max_angle=15)
         arr = np.asarray(img, dtype=np.float32)[..., None].repeat(3, -1)
         if style == "task":
             arr = arr + rng.normal(0, 20, arr.shape)

@@ -6,6 +6,8 @@ Real models (RN50, ViT-B-32, ViT-L-14) load ``pretrained`` weights only from a l
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,3 +40,21 @@ def create_clip(arch: str, weights: Path | None = None, seed: int = 0) -> nn.Mod
 
 def image_embedding_dim(model: nn.Module) -> int:
     return int(model.visual.output_dim)
+
+
+@contextmanager
+def quiet_open_clip():
+    """open_clip warns "No pretrained weights loaded" (on the root logger) for every random init."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def create_quietly(arch: str, weights: Path | None, seed: int) -> nn.Module:
+    """:func:`create_clip` without open_clip's warning about a random init."""
+    with quiet_open_clip():
+        return create_clip(arch, weights, seed)

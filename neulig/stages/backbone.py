@@ -2,9 +2,7 @@
 offline pretraining (cached)."""
 from __future__ import annotations
 
-import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from torch import nn
 from neulig.config.model import SHIPPED_PRETRAINING, ModelConfig
 from neulig.errors import NeuligError
 from neulig.merging.state_dict import StateDict
+from neulig.models.backbone import create_quietly, quiet_open_clip
 from neulig.stages.stage import CachedStage
 from neulig.utils.cache import config_hash
 from neulig.utils.log import log
@@ -38,25 +37,6 @@ class Backbone:
     @property
     def feature_dim(self) -> int:
         return int(self.clip.visual.output_dim)
-
-
-@contextmanager
-def quiet_open_clip():
-    """open_clip warns "No pretrained weights loaded" (on the root logger) for every random init."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def create_quietly(arch: str, weights: Path | None, seed: int) -> nn.Module:
-    from neulig.models.backbone import create_clip
-
-    with quiet_open_clip():
-        return create_clip(arch, weights, seed)
 
 
 def clip_layout(arch: str) -> StateDict:
@@ -140,19 +120,29 @@ def load_backbones(config, origins: dict[str, str | None], base: Path | None = N
 
 
 def pretrained_tiny(model: ModelConfig, tokenizer, cache_dir: Path, seed: int) -> Backbone:
-    """neulig's offline contrastive pretraining of the tiny backbone, cached by its recipe."""
+    """neulig's offline contrastive pretraining of the tiny backbone: the file shipped with the package
+    when it was made by exactly this recipe (``model.use_shipped``), otherwise pretrained and cached."""
     from dataclasses import asdict
 
-    pretrain = {**asdict(model.pretrain), "seed": seed}
-    spec = {"arch": model.arch, "pretrain": pretrain, "image_size": model.image_size}
+    from neulig.models.pretrain import pretrain_spec
+    from neulig.models.shipped import load_shipped, shipped_file
+    from neulig.utils.cache import file_sha256
+
+    spec = pretrain_spec(model, seed)
     clip = create_quietly(model.arch, None, seed)
+    shipped = shipped_file(spec) if model.use_shipped else None
+    if shipped is not None:
+        digest = file_sha256(shipped)
+        load_shipped(clip, shipped)
+        log.info(f"{model.name} backbone: the shipped pretraining {shipped.name} (sha256 {digest[:12]})")
+        return Backbone(model.name, model.arch, clip.eval(), tokenizer, config_hash("pretrain-shipped", spec, digest))
 
     def compute() -> tuple[dict, dict]:
         from neulig.models.pretrain import pretrain_tiny
 
         log.info(f"pretraining the {model.name} backbone offline (seed {seed})")
         start = time.time()
-        summary = pretrain_tiny(clip, tokenizer, image_size=model.image_size, **pretrain)
+        summary = pretrain_tiny(clip, tokenizer, image_size=model.image_size, **{**asdict(model.pretrain), "seed": seed})
         return clip.state_dict(), {"spec": spec, "summary": summary, "seconds": time.time() - start}
 
     product = PRETRAINED.fetch(cache_dir, (spec,), compute, reference=clip.state_dict())

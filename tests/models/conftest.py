@@ -118,3 +118,11 @@ def wrappers(tmp_path):
     made = Wrappers(folder)
     yield made
     made.close()
+
+
+@pytest.fixture(scope="module")
+def clip_and_tokenizer():
+    """A randomly initialised neulig-tiny CLIP and its tokenizer."""
+    import open_clip
+
+    return tiny_clip(), open_clip.get_tokenizer(ARCH)
