@@ -68,7 +68,8 @@ class Diagnosis:
         return sum(s.acc for s in self.zero_shot.values()) / len(self.zero_shot)
 
     def spearman(self, task: str | None = None) -> float:
-        """Rank correlation of entropy and accuracy over the sweep: mean over tasks, or of one task."""
+        """Rank correlation of entropy and accuracy over the sweep: of the sweep's means over tasks (the
+        summed entropy that AdaMerging and WeMoE minimise against the average accuracy), or of one task."""
         from scipy.stats import spearmanr
 
         points = [(p.entropy, p.acc) if task is None else (p.tasks[task].entropy, p.tasks[task].acc)
@@ -127,8 +128,8 @@ def report(result: Diagnosis) -> str:
               + f" | {p.acc:.2f} / {p.entropy:.3f} |" for p in result.sweep]
     best = max(result.sweep, key=lambda p: p.acc)
     calmest = min(result.sweep, key=lambda p: p.entropy)
-    lines += ["", "Spearman(entropy, accuracy) over the sweep: mean over tasks "
-              f"{result.spearman():+.3f}; " + ", ".join(f"{d} {result.spearman(d):+.3f}" for d in names),
+    lines += ["", "Spearman(entropy, accuracy) over the sweep: of the means over tasks "
+              f"{result.spearman():+.3f}; per task " + ", ".join(f"{d} {result.spearman(d):+.3f}" for d in names),
               f"best lambda {best.scaling:.1f} ({best.acc:.2f}%), lowest-entropy lambda {calmest.scaling:.1f}"]
     return "\n".join(lines)
 
