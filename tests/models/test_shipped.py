@@ -66,6 +66,26 @@ def test_the_shipped_backbone_matches_the_default_recipe(tmp_path):
     assert shipped_file(pretrain_spec(model, seed=2)) is None  # other seeds pretrain on the fly
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_shipped_header_is_byte_for_byte_the_commands(tmp_path, seed):
+    """The header holds the spec as the command writes it today: 10 and 10.0 compare equal, so the
+    spec check alone would accept a file whose bytes the command no longer makes (the slow test's
+    question, asked in milliseconds for the header)."""
+    import json
+
+    from safetensors import safe_open
+
+    from neulig.models.pretrain import pretrain_spec
+    from neulig.models.shipped import FORMAT, shipped_file
+
+    path = shipped_file(pretrain_spec(default_model(tmp_path), seed=seed))
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()[FORMAT])
+    written = json.dumps({**header, "spec": pretrain_spec(default_model(tmp_path), seed=seed)}, sort_keys=True)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()[FORMAT] == written
+
+
 @pytest.mark.slow
 def test_the_shipped_file_is_what_the_command_makes(tmp_path):
     """``python -m neulig.models.pretrain --seed 0`` (one thread, as recorded in the file) rewrites the
