@@ -55,6 +55,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def epoch_clock():
+    """A Lightning callback recording each training epoch's wall time (whatever runs inside the epoch,
+    evaluations included), synchronised with the module's device."""
+    import lightning as L
+
+    class EpochClock(L.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_epoch_start(self, trainer, module):
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            sync(module.device)
+            self.times.append(time.perf_counter() - self._start)
+
+    return EpochClock()
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall seconds of ``fn`` over ``repeats`` calls after ``warmup`` calls (synchronised)."""
     for _ in range(warmup):

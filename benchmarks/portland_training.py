@@ -64,24 +64,6 @@ def offsets(combo, merge):
     return offset_statistics(flatten_for_offsets(combo.experts, merge.offsets_over))
 
 
-def epoch_clock():
-    """A Lightning callback recording the wall time of each training epoch (the loop alone)."""
-    import lightning as L
-
-    class EpochClock(L.Callback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_train_epoch_start(self, trainer, module):
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module):
-            C.sync(module.device)
-            self.times.append(time.perf_counter() - self._start)
-
-    return EpochClock()
-
-
 def run_cached(combo, config, epochs: int) -> dict:
     """(a) neulig: PortlandModule + Lightning Trainer, set up as ``methods.portland.run`` does."""
     import lightning as L
@@ -96,7 +78,7 @@ def run_cached(combo, config, epochs: int) -> dict:
     init = copy.deepcopy(module.portland.state_dict())
     kwargs = trainer_kwargs(config.trainer)
     kwargs.update(max_epochs=epochs, use_distributed_sampler=False, num_sanity_val_steps=0, enable_progress_bar=False)
-    clock = epoch_clock()
+    clock = C.epoch_clock()
     trainer = L.Trainer(callbacks=[clock], **kwargs)
     trainer.fit(module)
     wall = time.perf_counter() - start

@@ -237,7 +237,7 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
         kwargs = trainer_kwargs(trainer)
         kwargs.update(max_epochs=study.epochs, use_distributed_sampler=False, num_sanity_val_steps=0,
                       enable_progress_bar=False)
-        clock = epoch_clock(device)
+        clock = C.epoch_clock()
         L.Trainer(callbacks=[clock], **kwargs).fit(module)
         fit_s, tick = time.perf_counter() - tick, time.perf_counter()
         module.validation_accuracy()
@@ -249,24 +249,6 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
         gc.collect()  # the Trainer and the module reference each other: free this combination's copies now
     return {"path": "sequential", "dtype": "float32", "made_s": made, "baseline": baseline, "peak": rss("VmHWM"),
             "needed": study.needed_bytes(4), "runs": runs}
-
-
-def epoch_clock(device: torch.device):
-    """A Lightning callback recording each training epoch's wall time (evaluations included)."""
-    import lightning as L
-
-    class Clock(L.Callback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_train_epoch_start(self, trainer, module):
-            self._start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module):
-            C.sync(device)
-            self.times.append(time.perf_counter() - self._start)
-
-    return Clock()
 
 
 def run_batched(study: Study, groups: list[tuple[str, ...]], device: torch.device, dtype: torch.dtype,
