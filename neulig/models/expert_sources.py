@@ -18,8 +18,9 @@ Folder names map onto neulig's lower-case dataset names through :data:`DATASET_N
 """
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,15 +129,27 @@ def read_file_state(path: Path, where: str) -> StateDict:
         raise unreadable(f"expert checkpoint {where}", err, "it may be truncated: export it again") from err
 
 
-def _projection(base: Tensor | str | Path | None, layout: Mapping, arch: str) -> Tensor | None:
-    """open_clip's ``proj`` from ``base``: the tensor itself, or the image tower of a base model file/folder."""
+BaseProjection = Tensor | Callable[[], Tensor] | str | Path | None
+
+
+def _projection(base: BaseProjection, layout: Mapping, arch: str) -> Tensor | None:
+    """open_clip's ``proj`` from ``base``: the tensor itself, a function that gives it (read once for many
+    experts, see :func:`projection_of`), or the image tower of a base model file/folder."""
     if base is None or isinstance(base, Tensor):
         return base
+    if callable(base):
+        return base()
     return read_visual(base, layout, arch)["proj"]
 
 
+def projection_of(base: str | Path | None, layout: Mapping, arch: str) -> Callable[[], Tensor] | None:
+    """The base model's ``proj``, read on first use and then remembered: many experts of one base
+    (FusionBench's CLIPVisionModel folders) need it, and the base is a whole CLIP."""
+    return None if base is None else functools.cache(lambda: read_visual(base, layout, arch)["proj"])
+
+
 def read_visual(path: str | Path, layout: Mapping[str, Tensor], arch: str,
-                base_projection: Tensor | str | Path | None = None, where: str | None = None) -> StateDict:
+                base_projection: BaseProjection = None, where: str | None = None) -> StateDict:
     """The image-tower state dict (``clip.visual.state_dict()``) of the expert at ``path``, whatever
     its format, checked against ``layout`` (the encoder's state dict; meta tensors are enough): keys in
     its order, shapes equal (else one line naming the first mismatching key, expected vs found),

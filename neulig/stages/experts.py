@@ -45,7 +45,7 @@ def user_experts(model: ModelConfig, names: list[str], cache_dir: Path) -> Given
     """The experts given as files or folders, in any format (``models.expert_sources``), checked against
     the architecture before any training; keyed by their content's SHA-256 only, so their cached
     features follow the content. Entries of ``model.experts`` win over ``model.experts_dir``'s."""
-    from neulig.models.expert_sources import discover_experts, read_visual
+    from neulig.models.expert_sources import discover_experts, projection_of, read_visual
     from neulig.models.experts import expert_files, missing_file_message
     from neulig.utils.cache import content_digest
 
@@ -65,9 +65,10 @@ def user_experts(model: ModelConfig, names: list[str], cache_dir: Path) -> Given
     if message:
         raise NeuligError(message)
     layout = encoder_layout(model.arch) if files else {}
+    projection = projection_of(base, layout, model.arch)  # read from the base once, if any expert needs it
     out = {}
     for name, path in files.items():
-        state = read_visual(path, layout, model.arch, base_projection=base, where=where[name])
+        state = read_visual(path, layout, model.arch, base_projection=projection, where=where[name])
         digest = content_digest(path, cache_dir)
         log.info(f"expert for {name}: {path} (sha256 {digest[:12]}), not fine-tuned")
         out[name] = Expert(name, state, config_hash("expert-file", digest))

@@ -113,6 +113,23 @@ def test_fusionbench_vision_model_takes_the_base_projection(tmp_path, clip, layo
     _assert_same(read_visual(expert, layout, ARCH, base_projection=visual["proj"]), visual)
 
 
+def test_many_vision_experts_read_the_base_once(tmp_path, clip, layout, visual, monkeypatch):
+    """stages.experts hands every expert projection_of(base): the whole base CLIP is read on first need only."""
+    transformers = pytest.importorskip("transformers")
+    import neulig.models.hf_clip as hf_clip
+    from neulig.models.expert_sources import projection_of
+
+    base = save_hf_clip(tmp_path / "clip-vit-tiny", clip.state_dict(), ARCH, text=True)
+    transformers.CLIPVisionModel.from_pretrained(save_hf_clip(tmp_path / "tmp", clip.state_dict(), ARCH)) \
+        .save_pretrained(tmp_path / "clip-vit-tiny_svhn")
+    reads, read = [], hf_clip.read_hf_weights
+    monkeypatch.setattr(hf_clip, "read_hf_weights", lambda path: reads.append(path.name) or read(path))
+    projection = projection_of(base, layout, ARCH)
+    for _ in range(3):
+        _assert_same(read_visual(tmp_path / "clip-vit-tiny_svhn", layout, ARCH, base_projection=projection), visual)
+    assert reads.count("clip-vit-tiny_svhn") == 3 and reads.count("clip-vit-tiny") == 1
+
+
 def test_hf_folder_of_another_activation_or_size_is_refused(tmp_path, clip, layout):
     folder = save_hf_clip(tmp_path / "hf", clip.state_dict(), ARCH)
     config = json.loads((folder / "config.json").read_text())
