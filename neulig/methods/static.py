@@ -47,18 +47,20 @@ def run(combination: Combination, method: StaticMerge, context: Context) -> Comb
     stats = {method.statistics.argument: estimate(combination, method.statistics, context.seed)} \
         if method.statistics is not None else {}
     details: dict = {}
-    for name, values in (method.grid or {}).items():
+    best = None  # (merged, its val accuracies) at the selected value: the grid's winner is not merged again
+    for name, values in (method.grid or {}).items():  # one hyperparameter (checked by the schema)
         scores = {}
         for value in values:
-            val_acc = combination.merged_accuracy(fn(combination.base, combination.experts,
-                                                     **{**hparams, name: value}, **stats), "val")
+            candidate = fn(combination.base, combination.experts, **{**hparams, name: value}, **stats)
+            val_acc = combination.merged_accuracy(candidate, "val")
             scores[value] = sum(val_acc.values()) / len(val_acc)
-        hparams[name] = max(scores, key=scores.get)
+            if best is None or scores[value] > scores[hparams[name]]:  # the first best value wins ties
+                best, hparams[name] = (candidate, val_acc), value
         details = {"grid": {str(k): v for k, v in scores.items()}, "selected": {name: hparams[name]}}
-    merged = fn(combination.base, combination.experts, **hparams, **stats)
+    merged, val_merged = best or (fn(combination.base, combination.experts, **hparams, **stats), None)
     count = len(combination.experts)
     coeffs = resolve(method.ensemble_weights)(count, **hparams) if method.ensemble_weights else [1.0 / count] * count
     accuracy = {"merged": combination.merged_accuracy(merged, "test"),
                 "ensembled": combination.ensemble_accuracy(torch.tensor(coeffs), context.level),
-                "val_merged": combination.merged_accuracy(merged, "val")}
+                "val_merged": val_merged or combination.merged_accuracy(merged, "val")}
     return ComboResult(tuple(combination.names), accuracy, merged=(MergedModel("merged", merged),), details=details)
