@@ -31,14 +31,21 @@ def test_multi_positive_loss_never_treats_duplicate_captions_as_negatives():
     assert multi_positive_loss(perfect, labels).item() == pytest.approx(0.5 * 0.5 * math.log(2), abs=1e-4)
 
 
-def test_pretraining_clamps_the_learned_temperature(clip_and_tokenizer):
+@pytest.mark.parametrize(("start", "bound"), [(5.0, "upper"), (-5.0, "lower")])
+def test_pretraining_clamps_the_learned_temperature(clip_and_tokenizer, start, bound):
+    """Started 5 beyond a bound with a learning rate too small to come back by itself (Adam moves it
+    about lr x scale_lr = 1e-4 a step), the learned log-temperature ends on the bound: CLIP's clamp to
+    [0, log 100] after every step. Without the clamp it would end about 5 away."""
     import copy
 
     from neulig.models.pretrain import MAX_LOGIT_SCALE, pretrain_tiny
 
     clip, tokenizer = clip_and_tokenizer
     clip = copy.deepcopy(clip)
+    edge = MAX_LOGIT_SCALE if bound == "upper" else 0.0
     with torch.no_grad():
-        clip.logit_scale.fill_(MAX_LOGIT_SCALE - 1e-4)
-    summary = pretrain_tiny(clip, tokenizer, steps=3, batch_size=16, lr=1.0, n_per_family=20, seed=0, image_size=32)
-    assert clip.logit_scale.item() <= MAX_LOGIT_SCALE and summary["logit_scale"] <= 100.0 + 1e-3
+        clip.logit_scale.fill_(edge + start)
+    summary = pretrain_tiny(clip, tokenizer, steps=3, batch_size=16, lr=1e-5, n_per_family=20, seed=0, image_size=32)
+    assert 0.0 <= clip.logit_scale.item() <= MAX_LOGIT_SCALE
+    assert clip.logit_scale.item() == pytest.approx(edge, abs=1e-3)
+    assert summary["logit_scale"] == pytest.approx(math.exp(edge), rel=1e-3)
