@@ -49,6 +49,12 @@ def _shape(value: object) -> str:
     return str(tuple(shape)) if shape is not None else type(value).__name__
 
 
+def under_prefix(state: Mapping, prefix: str) -> dict:
+    """The entries of ``state`` whose key starts with ``prefix``, with the prefix removed (a sub-module's
+    state dict: ``under_prefix(clip_state, "visual.")`` is the image tower's)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def first_mismatch(state: Mapping, reference: Mapping, dtypes: bool = False) -> str | None:
     """The first key (in the reference's order) that is missing, of another shape (or, with ``dtypes``,
     another dtype), else the first unexpected key, described with expected vs found; None when ``state``

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from neulig.errors import NeuligError, unreadable
+from neulig.merging.state_dict import under_prefix
 from neulig.models.experts import checked_state, image_tower
 from neulig.models.hf_clip import HF_MODEL_TYPES
 
@@ -178,8 +179,7 @@ def read_visual(path: str | Path, layout: Mapping[str, Tensor], arch: str,
     problem = arch_mismatch(cfg, arch)
     if problem:
         raise NeuligError(f"expert {where} does not fit {arch}: {problem}; give an expert fine-tuned from {arch}")
-    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    return checked_state(visual, layout, arch, where)
+    return checked_state(under_prefix(state, "visual."), layout, arch, where)
 
 
 def read_clip(path: str | Path, layout: Mapping[str, Tensor], visual_layout: Mapping[str, Tensor], arch: str,
@@ -190,16 +190,16 @@ def read_clip(path: str | Path, layout: Mapping[str, Tensor], visual_layout: Map
     path = Path(path)
     where = where or str(path)
     if source_format(path) == "hf":
-        from neulig.models.hf_clip import arch_mismatch, load_hf_clip
+        from neulig.models.hf_clip import arch_mismatch, hf_to_open_clip, read_hf_config, read_hf_weights
 
-        found = load_hf_clip(path)
-        problem = arch_mismatch(found.config, arch)
+        # converted only: its architecture is the configured one, never looked up or registered in open_clip
+        state, cfg, has_text = hf_to_open_clip(read_hf_weights(path), read_hf_config(path), None, where)
+        problem = arch_mismatch(cfg, arch)
         if problem:
             raise NeuligError(f"base weights {where} do not fit {arch}: {problem}")
-        if found.has_text:
-            return checked_state(found.state, layout, arch, where), True
-        visual = {k[len("visual."):]: v for k, v in found.state.items() if k.startswith("visual.")}
-        return checked_state(visual, visual_layout, arch, where), False
+        if has_text:
+            return checked_state(state, layout, arch, where), True
+        return checked_state(under_prefix(state, "visual."), visual_layout, arch, where), False
     state = read_file_state(path, where)
     try:
         return image_tower(state, layout, arch, where), True

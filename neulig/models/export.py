@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict, first_mismatch
+from neulig.merging.state_dict import StateDict, first_mismatch, under_prefix
 
 ARCH_KEY = "open_clip_arch"  # safetensors metadata: the architecture name to pass to open_clip
 
@@ -35,7 +35,7 @@ ARCH_KEY = "open_clip_arch"  # safetensors metadata: the architecture name to pa
 def clip_state(backbone_state: StateDict, visual_state: StateDict) -> StateDict:
     """The backbone's full CLIP state dict with ``visual.*`` replaced by ``visual_state`` (same order
     and dtypes as the backbone; every tensor its own CPU copy)."""
-    visual = {k[len("visual."):]: v for k, v in backbone_state.items() if k.startswith("visual.")}
+    visual = under_prefix(backbone_state, "visual.")
     problem = first_mismatch(visual_state, visual)
     if problem:
         raise NeuligError(f"merged encoder does not match the backbone's visual tower: {problem}")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from neulig.errors import NeuligError, unreadable
-from neulig.merging.state_dict import StateDict
+from neulig.merging.state_dict import StateDict, under_prefix
 
 HF_MODEL_TYPES = ("clip", "clip_vision_model")
 DEFAULT_EPS = 1e-5
@@ -87,7 +87,7 @@ class HFClip:
     has_text: bool
 
     def visual(self) -> StateDict:
-        return {k[len("visual."):]: v for k, v in self.state.items() if k.startswith("visual.")}
+        return under_prefix(self.state, "visual.")
 
 
 # ---- reading a folder ---------------------------------------------------------------------------
@@ -196,10 +196,6 @@ def _tower_to_open_clip(hf: dict, embed: Mapping[str, str], where: str) -> tuple
                                                           for x in QKV])
         out.update({dst + b: take(hf, src + a, where) for a, b in LAYER.items()})
     return out, len(ids)
-
-
-def under_prefix(state: Mapping, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _activation(sub: Mapping, where: str) -> bool:

@@ -15,8 +15,8 @@ from pathlib import Path
 from torch import Tensor
 
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict
-from neulig.models.hf_clip import DEFAULT_EPS, LAYER, QKV, TEXT_EMBED, TEXT_PLAIN, VISION_EMBED, VISION_PLAIN, take, under_prefix
+from neulig.merging.state_dict import StateDict, under_prefix
+from neulig.models.hf_clip import DEFAULT_EPS, LAYER, QKV, TEXT_EMBED, TEXT_PLAIN, VISION_EMBED, VISION_PLAIN, take
 from neulig.utils.cache import atomic_folder
 
 

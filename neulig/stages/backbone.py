@@ -11,7 +11,7 @@ from torch import nn
 
 from neulig.config.model import SHIPPED_PRETRAINING, ModelConfig
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict
+from neulig.merging.state_dict import StateDict, under_prefix
 from neulig.models.backbone import create_quietly, quiet_open_clip
 from neulig.stages.stage import CachedStage
 from neulig.utils.cache import config_hash
@@ -52,7 +52,7 @@ def clip_layout(arch: str) -> StateDict:
 
 def encoder_layout(arch: str) -> StateDict:
     """The image encoder's part of :func:`clip_layout` (``visual.`` removed)."""
-    return {k[len("visual."):]: v for k, v in clip_layout(arch).items() if k.startswith("visual.")}
+    return under_prefix(clip_layout(arch), "visual.")
 
 
 def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin: str | None = None,
