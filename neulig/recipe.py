@@ -27,8 +27,8 @@ def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks), products.features)
     groups = combinations(products.names, config.data.num_co_models)
     many = resolve(config.merge.runner_many) if config.merge.runner_many and len(groups) > 1 else None
-    if many is not None and one_at_a_time(config):
-        log.info(f"{config.merge.name}: {len(groups)} combinations one at a time ({one_at_a_time(config)})")
+    if many is not None and (reason := one_at_a_time(config)):
+        log.info(f"{config.merge.name}: {len(groups)} combinations one at a time ({reason})")
         many = None
     combos = tuple(run_method(runner, groups, products.combination, config.merge, context, many))
     clock.lap("combination_done", f"{config.merge.name} done")

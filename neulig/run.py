@@ -91,11 +91,11 @@ def execute(config, config_yaml: str, run_dir: Path) -> dict:
         if reporter:
             reporter.fail()
         raise
-    record = result.record(config.run_name)
-    files = write_outputs(config, config_yaml, run_dir, result, record)
+    record, text = result.record(config.run_name), table(config, result)
+    files = write_outputs(config, config_yaml, run_dir, result, record, text)
     if reporter:
         reporter.report(config, result, files, run_dir)
-    print(f"\n{config.run_name}  (accuracy %, gap = |Ens. - Mer.|)\n{table(config, result)}\n")
+    print(f"\n{config.run_name}  (accuracy %, gap = |Ens. - Mer.|)\n{text}\n")
     print("\n".join(summary_lines(config.run_name, run_dir, list(files), config.logger)))
     return record
 
@@ -126,12 +126,13 @@ def table(config, result) -> str:
     return table2(result.metrics, result.names, config.merge.name, result.labels)
 
 
-def write_outputs(config, config_yaml: str, run_dir: Path, result, record: dict) -> dict[str, Path]:
-    """results.json / results.md / config.yaml, the run's scatter point, and the merged models if asked."""
+def write_outputs(config, config_yaml: str, run_dir: Path, result, record: dict, text: str) -> dict[str, Path]:
+    """results.json / results.md (``text``, the printed table) / config.yaml, the run's scatter point, and
+    the merged models if asked."""
     from neulig.plots import curve_png, run_scatter
     from neulig.results import write_run_files
 
-    files = write_run_files(run_dir, config_yaml, record, table(config, result))
+    files = write_run_files(run_dir, config_yaml, record, text)
     files["scatter.png"] = run_scatter(run_dir, config.merge.name, result.metrics, title=config.run_name)
     histories = {"+".join(c.datasets): list(c.history) for c in result.combos}
     curve = curve_png(histories, run_dir / "curve.png", title=config.run_name)

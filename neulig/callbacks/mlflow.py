@@ -146,8 +146,10 @@ class MLflowReporter(L.Callback):
         import json
         from dataclasses import asdict
 
+        from neulig.report import KINDS_TAG  # the tag's reader names it
+
         if result.labels:  # the report's rows for extra accuracies (neulig.report --granularities)
-            self.client.set_tag(self.run_id, "neulig.accuracy_kinds", json.dumps(result.labels, sort_keys=True))
+            self.client.set_tag(self.run_id, KINDS_TAG, json.dumps(result.labels, sort_keys=True))
         if len(result.combos) > 1:
             for combo in result.combos:
                 self.log_child("+".join(combo.datasets), {"datasets": list(combo.datasets)}, combo.metrics)

@@ -56,6 +56,13 @@ class TensorImages(Dataset):
         return self.batch(torch.as_tensor(indices))
 
 
+def fetch_images(dataset: Dataset, indices: Tensor) -> Tensor:
+    """Normalised images of ``indices`` (vectorised for :class:`TensorImages`); labels are discarded."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)[0]
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
 def collate_batched(batch):
     """Collate for datasets whose ``__getitems__`` already returns a stacked batch."""
     return batch if isinstance(batch, tuple) else torch.utils.data.default_collate(batch)

@@ -26,16 +26,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
+from neulig.data.base import fetch_images
 from neulig.errors import NeuligError
 from neulig.merging.adamerging import AdaMergingWeights, entropy
 from neulig.models.heads import head_logits
-
-
-def fetch_images(dataset: Dataset, indices: Tensor) -> Tensor:
-    """Normalised images of ``indices`` (vectorised for ``TensorImages``); labels are discarded."""
-    if hasattr(dataset, "batch"):
-        return dataset.batch(indices)[0]
-    return torch.stack([dataset[int(i)][0] for i in indices])
 
 
 class UnlabeledStream:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from neulig.config.align import AlignConfig
-from neulig.data.base import LoadedDataset
+from neulig.data.base import LoadedDataset, fetch_images
 from neulig.merging.state_dict import StateDict
 
 
@@ -45,8 +45,7 @@ def unlabeled_images(datasets: list[LoadedDataset], count: int, batch_size: int,
     for i, dataset in enumerate(datasets):
         share = count // len(datasets) + (1 if i < count % len(datasets) else 0)
         index = torch.randperm(len(dataset.train), generator=generator)[:share]
-        images.append(dataset.train.batch(index)[0] if hasattr(dataset.train, "batch")
-                      else torch.stack([dataset.train[int(j)][0] for j in index]))
+        images.append(fetch_images(dataset.train, index))
     return list(torch.cat(images).split(batch_size))
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from neulig.config.merge import PortlandMerge
+from neulig.data.base import fetch_images
 from neulig.evaluate import accuracy, ensemble_logits
 from neulig.merging.flat import FlatStack
 from neulig.merging.state_dict import StateDict
@@ -118,10 +119,12 @@ class Fit:
 
 @torch.no_grad()
 def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: nn.Module, name: str,
-                          method: PortlandMerge, seed: int) -> float:
+                          method: PortlandMerge, seed: int, feats: Tensor | None = None) -> float:
     """The paper's protocol: one merged encoder per test batch from the batch's mean CoopVec
-    (``batch_weights: mean``) or its first sample's (``first``, the reference code)."""
-    dataset, feats = combination.datasets[name].test, combination.features[name].test
+    (``batch_weights: mean``) or its first sample's (``first``, the reference code). ``feats``: the
+    dataset's stacked test features when the caller holds them already."""
+    dataset = combination.datasets[name].test
+    feats = combination.features[name].test if feats is None else feats
     order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
              if method.eval_shuffle else torch.arange(len(dataset)))
     visual = combination.visual.to(combination.device).eval()
@@ -130,8 +133,7 @@ def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: n
         idx = order[start : start + method.eval_batch_size]
         beta = portland(feats[idx].to(combination.device))
         state = flat.combine(beta[0] if method.batch_weights == "first" else beta.mean(0))
-        images = dataset.batch(idx)[0].to(combination.device) if hasattr(dataset, "batch") else \
-            torch.stack([dataset[int(i)][0] for i in idx]).to(combination.device)
+        images = fetch_images(dataset, idx).to(combination.device)
         logits = head_logits(functional_call(visual, state, (images,)), combination.heads[name])
         correct += int((logits.argmax(-1).cpu() == dataset.labels[idx]).sum())
     return 100.0 * correct / len(order)
@@ -153,7 +155,7 @@ def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerg
         test_feats, labels = combination.features[d].test, combination.labels(d, "test")
         beta = portland(test_feats.to(combination.device)).cpu()
         acc["ensembled"][d] = accuracy(ensemble_logits(test_feats, combination.heads[d], beta, context.level), labels)
-        acc["merged_batch"][d] = merged_batch_accuracy(combination, flat, portland, d, method, context.seed)
+        acc["merged_batch"][d] = merged_batch_accuracy(combination, flat, portland, d, method, context.seed, test_feats)
         task_state = flat.combine(val_betas[d].mean(0).to(combination.device))
         acc["merged_task"][d] = combination.merged_accuracy(task_state, "test", [d])[d]
         diagnostics["beta_entropy"][d] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
