@@ -31,15 +31,12 @@ def check_command_line(argv: list[str]) -> None:
         return
     if any(a in ("-m", "--multirun") for a in argv):
         return
-    from hydra import compose, initialize_config_dir
-
-    from neulig.config import load
+    from neulig.config import compose, load
     from neulig.config.errors import translate
 
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            load(compose("config", overrides=overrides))
+        load(compose(overrides))
     except Exception as err:  # noqa: BLE001 - every composition or check error is one line
         fail(str(translate(err, overrides)))
 
