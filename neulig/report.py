@@ -22,6 +22,7 @@ from pathlib import Path
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 PROG = "python -m neulig.report"
 DASH = "–"
+REFERENCES = (("pretrained", "Pre-trained"), ("finetuned", "Fine-tuned"))  # (metric kind, row label)
 KINDS_TAG = "neulig.accuracy_kinds"  # JSON {kind: label} of the extra accuracies a run measured
 
 DESCRIPTION = """\
@@ -302,7 +303,7 @@ def build_tables(runs: list[Run], granularities: bool = False) -> list[Table]:
         for model, data in sorted({(r.model, r.data) for r in members}):
             mine = sorted((r for r in members if (r.model, r.data) == (model, data)),
                           key=lambda r: (r.method, -r.start_time))
-            for kind, label in (("pretrained", "Pre-trained"), ("finetuned", "Fine-tuned")):
+            for kind, label in REFERENCES:
                 with_ref = sorted((r for r in mine if f"acc/{kind}/avg" in r.metrics), key=lambda r: -r.start_time)
                 if not with_ref:
                     continue

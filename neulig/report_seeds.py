@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from neulig.report import REFERENCES, fmt
+
 # params that name where a run wrote, not what it computed
 IGNORED = ("seed", "paths.", "hydra.", "logger.", "progress")
 
@@ -62,7 +64,7 @@ def cell(stats: tuple[float | None, float | None], decimals: int, missing: str, 
     mean, sd = stats
     if mean is None:
         return missing
-    return f"{mean:.{decimals}f}" + (f" ± {sd:.{decimals}f}" if spread else "")
+    return fmt(mean, decimals, missing) + (f" ± {fmt(sd, decimals, missing)}" if spread else "")
 
 
 def render(runs: list, decimals: int, missing: str) -> str:
@@ -76,7 +78,7 @@ def render(runs: list, decimals: int, missing: str) -> str:
         head = ["method", *(f"{d} Mer. / Ens. / Gap" for d in datasets), "Avg Mer. / Ens. / Gap", "seeds"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         every = [run for g in groups for run in g.runs]
-        for kind, label in (("pretrained", "Pre-trained"), ("finetuned", "Fine-tuned")):
+        for kind, label in REFERENCES:
             by_seed = {r.params.get("seed"): r for r in every if f"acc/{kind}/avg" in r.metrics}
             if by_seed:
                 stats = [mean_sd([r.metrics.get(f"acc/{kind}/{d}") for r in by_seed.values()]) for d in names]
