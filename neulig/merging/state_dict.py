@@ -55,19 +55,44 @@ def under_prefix(state: Mapping, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _kind(dtype: torch.dtype) -> str:
+    return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else \
+        "floating-point" if dtype.is_floating_point else "integer"
+
+
+def _placement(key: str, found: Tensor, ref: Tensor, dtypes: bool) -> str | None:
+    """How tensor ``found`` differs from ``ref`` in layout, device or dtype (exactly, with ``dtypes``;
+    else in kind: floating-point, integer, bool, complex), else None. A meta reference stands for any
+    real device; a meta tensor is never found where data is expected."""
+    if found.layout != ref.layout:
+        return f"key {key!r} is a {found.layout} tensor, expected {ref.layout}"
+    if found.device.type == "meta" and ref.device.type != "meta" or \
+            ref.device.type != "meta" and found.device != ref.device:
+        return f"key {key!r} is on {found.device}, expected {ref.device}"
+    if ref.device.type == "meta" and found.device.type == "meta":
+        return None  # two layouts compared with each other
+    if dtypes and found.dtype != ref.dtype or _kind(found.dtype) != _kind(ref.dtype):
+        return f"key {key!r} is {found.dtype}, expected {ref.dtype}"
+    return None
+
+
 def first_mismatch(state: Mapping, reference: Mapping, dtypes: bool = False) -> str | None:
-    """The first key (in the reference's order) that is missing, of another shape (or, with ``dtypes``,
-    another dtype), else the first unexpected key, described with expected vs found; None when ``state``
-    fits. The one key/shape check every boundary uses (checkpoints, experts, merges, alignment).
-    Reference values are tensors (meta tensors will do) or shapes."""
+    """The first key (in the reference's order) that is missing, of another shape, layout, device or
+    kind of dtype (floating-point, integer, bool; with ``dtypes``, another dtype at all), else the first
+    unexpected key, described with expected vs found; None when ``state`` fits. The one check every
+    boundary uses (checkpoints, experts, merges, alignment). Reference values are tensors (meta tensors
+    will do: then any real device fits) or shapes (then only shapes are compared)."""
     for key, ref in reference.items():
         if key not in state:
             return f"key {key!r} is missing (expected shape {_shape(ref)})"
-        found = getattr(state[key], "shape", None)
-        if found is None or tuple(found) != tuple(ref if isinstance(ref, tuple) else ref.shape):
-            return f"key {key!r} has shape {_shape(state[key])}, expected {_shape(ref)}"
-        if dtypes and state[key].dtype != ref.dtype:
-            return f"key {key!r} is {state[key].dtype}, expected {ref.dtype}"
+        found = state[key]
+        shape = getattr(found, "shape", None)
+        if shape is None or tuple(shape) != tuple(ref if isinstance(ref, tuple) else ref.shape):
+            return f"key {key!r} has shape {_shape(found)}, expected {_shape(ref)}"
+        if isinstance(ref, Tensor) and isinstance(found, Tensor):
+            problem = _placement(key, found, ref, dtypes)
+            if problem:
+                return problem
     extra = [k for k in state if k not in reference]
     return f"unexpected key {extra[0]!r} (shape {_shape(state[extra[0]])})" if extra else None
 

@@ -1,10 +1,11 @@
 """One reader for the community's expert checkpoints, whatever their format and folder layout.
 
 Formats (:func:`source_format`): a ``.safetensors`` file (an open_clip state dict); a ``.pt`` /
-``.pth`` / ``.bin`` file holding a state dict (read with ``torch.load(weights_only=True)``) or a whole
-pickled module (the task-vectors ``ImageEncoder`` of Ilharco et al., arXiv 2212.04089, read by
-:mod:`neulig.models.pickled` without running it); a Hugging Face CLIP folder (``config.json`` with
-``model_type`` ``clip`` or ``clip_vision_model``, read by :mod:`neulig.models.hf_clip`).
+``.pth`` / ``.bin`` file holding a state dict or a whole pickled module (the task-vectors
+``ImageEncoder`` of Ilharco et al., arXiv 2212.04089), both read by :mod:`neulig.models.torch_file`
+without running anything, within the limits of the architecture (docs/security.md); a Hugging Face
+CLIP folder (``config.json`` with ``model_type`` ``clip`` or ``clip_vision_model``, read by
+:mod:`neulig.models.hf_clip`).
 :func:`read_visual` gives the image tower of any of them, checked against the architecture.
 
 Folder layouts (:func:`discover_experts`) for a directory of experts:
@@ -24,13 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from neulig.errors import NeuligError, unreadable
 from neulig.merging.state_dict import under_prefix
 from neulig.models.experts import checked_state, image_tower
 from neulig.models.hf_clip import HF_MODEL_TYPES
+from neulig.models.read_limits import Limits, limits_for
 
 StateDict = dict[str, Tensor]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -100,28 +101,18 @@ def source_format(path: Path) -> str:
                       f"CLIP folder, got {path.suffix or 'no suffix'!r}")
 
 
-def read_torch_state(path: Path, where: str) -> StateDict:
-    """A ``.pt``/``.pth``/``.bin`` file's flat state dict: ``torch.load(weights_only=True)``, or, when
-    that refuses the file's Python objects, the safe reader of pickled modules."""
-    from neulig.models.pickled import flat_state, read_pickled_state
+def read_torch_state(path: Path, where: str, limits: Limits | None = None) -> StateDict:
+    """A ``.pt``/``.pth``/``.bin`` file's flat state dict (a state dict or a pickled module), read by
+    :mod:`neulig.models.torch_file` within ``limits``, never by ``torch.load``."""
+    from neulig.models.pickled import read_pickled_state
 
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch reports refusals and corruption alike
-        if "weights only load failed" not in str(err).lower():
-            raise unreadable(f"expert checkpoint {where}", err, "it may be truncated: export it again") from err
-        return read_pickled_state(path, where)
-    state = flat_state(content) if isinstance(content, Mapping) else {}
-    if not state:
-        raise NeuligError(f"expert checkpoint {where} holds a {type(content).__name__} without tensors, "
-                          "not a state dict")
-    return state
+    return read_pickled_state(path, where, limits)
 
 
-def read_file_state(path: Path, where: str) -> StateDict:
+def read_file_state(path: Path, where: str, limits: Limits | None = None) -> StateDict:
     """The flat state dict of a ``.safetensors`` or torch file."""
     if source_format(path) == "torch":
-        return read_torch_state(path, where)
+        return read_torch_state(path, where, limits)
     from safetensors.torch import load_file
 
     try:
@@ -162,8 +153,9 @@ def read_visual(path: str | Path, layout: Mapping[str, Tensor], arch: str,
     path = Path(path)
     where = where or str(path)
     kind = source_format(path)
+    limits = limits_for(arch, layout)
     if kind != "hf":
-        state = read_file_state(path, where)
+        state = read_file_state(path, where, limits)
         if any(k.startswith("vision_model.") or k == "embeddings.patch_embedding.weight" for k in state):
             if hf_model_type(path.parent) not in HF_MODEL_TYPES:
                 raise NeuligError(f"expert {where} holds Hugging Face CLIP weights without a config.json beside it; "
@@ -172,7 +164,7 @@ def read_visual(path: str | Path, layout: Mapping[str, Tensor], arch: str,
         return image_tower(state, layout, arch, where)
     from neulig.models.hf_clip import arch_mismatch, hf_to_open_clip, read_hf_config, read_hf_weights
 
-    hf_state = read_hf_weights(path)
+    hf_state = read_hf_weights(path, limits)
     needs_projection = "visual_projection.weight" not in hf_state
     projection = _projection(base_projection, layout, arch) if needs_projection else None
     state, cfg, _ = hf_to_open_clip(hf_state, read_hf_config(path), projection, where)
@@ -189,18 +181,19 @@ def read_clip(path: str | Path, layout: Mapping[str, Tensor], visual_layout: Map
     ``(its image tower, False)`` (a task-vectors ``zeroshot.pt``, whose text transformer was deleted)."""
     path = Path(path)
     where = where or str(path)
+    limits = limits_for(arch, layout, visual_layout)
     if source_format(path) == "hf":
         from neulig.models.hf_clip import arch_mismatch, hf_to_open_clip, read_hf_config, read_hf_weights
 
         # converted only: its architecture is the configured one, never looked up or registered in open_clip
-        state, cfg, has_text = hf_to_open_clip(read_hf_weights(path), read_hf_config(path), None, where)
+        state, cfg, has_text = hf_to_open_clip(read_hf_weights(path, limits), read_hf_config(path), None, where)
         problem = arch_mismatch(cfg, arch)
         if problem:
             raise NeuligError(f"base weights {where} do not fit {arch}: {problem}")
         if has_text:
             return checked_state(state, layout, arch, where), True
         return checked_state(under_prefix(state, "visual."), visual_layout, arch, where), False
-    state = read_file_state(path, where)
+    state = read_file_state(path, where, limits)
     try:
         return image_tower(state, layout, arch, where), True
     except NeuligError:  # no whole CLIP under any prefix: the image tower alone

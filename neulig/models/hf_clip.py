@@ -27,6 +27,8 @@ from torch import Tensor
 
 from neulig.errors import NeuligError, unreadable
 from neulig.merging.state_dict import StateDict, under_prefix
+from neulig.models.pickled import read_pickled_state
+from neulig.models.read_limits import Limits
 
 HF_MODEL_TYPES = ("clip", "clip_vision_model")
 DEFAULT_EPS = 1e-5
@@ -123,10 +125,10 @@ def _shard_files(folder: Path, index_name: str) -> list[Path]:
     return [folder / name for name in names]
 
 
-def read_hf_weights(folder: Path) -> StateDict:
+def read_hf_weights(folder: Path, limits: Limits | None = None) -> StateDict:
     """The weights of a Hugging Face folder: ``model.safetensors`` (or its shards, via
-    ``model.safetensors.index.json``), else ``pytorch_model.bin`` (or its shards) read with
-    ``torch.load(weights_only=True)``; no code from the folder runs."""
+    ``model.safetensors.index.json``), else ``pytorch_model.bin`` (or its shards) read by
+    :mod:`neulig.models.torch_file` within ``limits``; no code from the folder runs."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -143,14 +145,13 @@ def read_hf_weights(folder: Path) -> StateDict:
                           "download the weights too")
     state: StateDict = {}
     for file in files:
+        if reader == "torch":
+            state.update(read_pickled_state(file, str(file), limits))
+            continue
         try:
-            part = load_file(str(file)) if reader == "safetensors" else torch.load(
-                file, map_location="cpu", weights_only=True)
+            state.update(load_file(str(file)))
         except Exception as err:  # every reader's error means the same to the user
             raise unreadable(str(file), err, "download it again") from err
-        if not isinstance(part, Mapping):
-            raise NeuligError(f"{file} holds a {type(part).__name__}, not a state dict")
-        state.update(part)
     return state
 
 

@@ -29,16 +29,17 @@ legacy format's ``('module', class, source)`` ids only name the class, whose sou
 from __future__ import annotations
 
 import _compat_pickle
-import functools
 import pickle
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from neulig.errors import NeuligError, unreadable
+from neulig.errors import NeuligError
+from neulig.models.read_limits import Budget, Limits, over_limit
+from neulig.models.tensor_rebuild import ALLOWED_DTYPES, REFUSED_KINDS, Allowed, allowed_globals, bad_tensor, refused
 
 StateDict = dict[str, torch.Tensor]
 
@@ -55,12 +56,6 @@ INERT_CALLS = frozenset({
 })
 MODULE_KEYS = ("_parameters", "_buffers", "_modules")
 MODULE_IDS = ("module", b"module")  # the legacy format's persistent ids of module classes
-
-
-def refused(name: str, where: str) -> NeuligError:
-    """The one-line error for a pickle that would call ``name`` (``module.name``) while loading."""
-    return NeuligError(f"checkpoint {where} would call {name} when unpickled; refused before the call, nothing "
-                       "from the file was run: use a state dict or safetensors file of the model instead")
 
 
 class GlobalRef:
@@ -119,55 +114,37 @@ class PickledObject:
         return f"PickledObject({self.cls!r})"
 
 
-@functools.lru_cache(maxsize=1)
-def allowed_globals() -> dict[str, Any]:
-    """``module.name`` -> object for the globals that may be resolved and called: torch's own
-    ``weights_only`` allowlist (tensors, storages, parameters, dtypes, OrderedDict, set, ...) and frozenset."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    return {**_get_allowed_globals(), "builtins.frozenset": frozenset}
-
-
-@functools.lru_cache(maxsize=1)
-def _allowed_ids() -> frozenset[int]:
-    return frozenset(id(obj) for obj in allowed_globals().values())
-
-
-def _is_allowed(obj: Any) -> bool:
-    return id(obj) in _allowed_ids()
-
-
 def _describe(obj: Any) -> str:
     if isinstance(obj, (GlobalRef, PickledObject)):
         return obj.name if isinstance(obj, GlobalRef) else obj.cls
+    if isinstance(obj, Allowed):
+        return obj.name
     return f"{type(obj).__module__}.{type(obj).__qualname__} object"
 
 
-class SafeUnpickler(pickle._Unpickler):
-    """Python's unpickler with every opcode that resolves, creates or calls something replaced."""
+def _counted(step: Callable[[Any], None]) -> Callable[[Any], None]:
+    def counted(self: SafeUnpickler) -> None:
+        self.budget.count_object()
+        step(self)
+    return counted
 
-    where = "<pickle>"
+
+class SafeUnpickler(pickle._Unpickler):
+    """Python's unpickler with every opcode that resolves, creates or calls something replaced, and every
+    opcode counted in the file's :class:`Budget`. ``storage_load`` answers the file's storage ids."""
+
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: Any, **kwargs: Any) -> None:
-        super().__init__(file, **kwargs)
-        self._torch_persistent_load: Callable[[Any], Any] | None = None
+    def __init__(self, file: Any, budget: Budget, storage_load: Callable[[tuple], Any] | None = None) -> None:
+        super().__init__(file)
+        self.budget, self.where, self._storage_load = budget, budget.where, storage_load
 
-    # torch assigns ``unpickler.persistent_load``; the legacy format's module ids are answered here.
-    @property
-    def persistent_load(self) -> Callable[[Any], Any]:
-        return self._persistent_load
-
-    @persistent_load.setter
-    def persistent_load(self, function: Callable[[Any], Any]) -> None:
-        self._torch_persistent_load = function
-
-    def _persistent_load(self, pid: Any) -> Any:
+    def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) > 1 and isinstance(pid[0], (str, bytes)) and pid[0] in MODULE_IDS:
             return pid[1]  # legacy format: ('module', class, source file, source); the class is a token
-        if self._torch_persistent_load is None:
-            raise pickle.UnpicklingError("persistent id outside a torch checkpoint")
-        return self._torch_persistent_load(pid)
+        if self._storage_load is None or not isinstance(pid, tuple):
+            raise pickle.UnpicklingError("persistent id outside a torch checkpoint's storages")
+        return self._storage_load(pid)
 
     def find_class(self, module: str, name: str) -> Any:
         if self.proto < 3 and self.fix_imports:
@@ -181,13 +158,18 @@ class SafeUnpickler(pickle._Unpickler):
 
     # ---- instantiation and calls ----------------------------------------------------------------
 
+    def _allowed(self, func: Allowed, args: tuple, kwargs: dict) -> Any:
+        try:
+            return func.fn(self.budget, *args, **kwargs)
+        except TypeError as err:  # arguments no torch checkpoint has
+            raise NeuligError(f"checkpoint {self.where} calls {func.name} with {err}; refused: save a state dict "
+                              "of plain tensors") from None
+
     def _new(self, cls: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(cls, GlobalRef):
             return PickledObject(cls.name, tuple(args), dict(kwargs))
-        if cls is torch.nn.Parameter:
-            return torch.nn.Parameter(*args, **kwargs)
-        if isinstance(cls, type) and _is_allowed(cls):
-            return cls.__new__(cls, *args, **kwargs)
+        if isinstance(cls, Allowed):
+            return self._allowed(cls, tuple(args), dict(kwargs))
         raise refused(f"{_describe(cls)}.__new__", self.where)
 
     def _call(self, func: Any, args: tuple) -> Any:
@@ -200,9 +182,11 @@ class SafeUnpickler(pickle._Unpickler):
                 return self._new(args[0], tuple(args[1]), dict(args[2]))
             if func.name in INERT_CALLS:
                 return PickledObject(func.name, tuple(args))
+            if func.name in REFUSED_KINDS:
+                raise bad_tensor(self.where, f"{REFUSED_KINDS[func.name]} ({func.name})")
             raise refused(func.name, self.where)
-        if _is_allowed(func):
-            return func(*args)
+        if isinstance(func, Allowed):
+            return self._allowed(func, args, {})
         raise refused(_describe(func), self.where)
 
     def load_reduce(self) -> None:
@@ -242,12 +226,10 @@ class SafeUnpickler(pickle._Unpickler):
         inst = self.stack[-1]
         if isinstance(inst, PickledObject):
             inst.build(state)
-        elif type(inst) is torch.Tensor and isinstance(state, tuple):  # legacy tensors, as weights_only
-            inst.set_(*state)
-        elif type(inst) is torch.nn.Parameter:
-            inst.__setstate__(state)
-        elif type(inst) is OrderedDict and isinstance(state, dict):
+        elif type(inst) is OrderedDict and isinstance(state, dict):  # a state dict's _metadata
             inst.__dict__.update(state)
+        elif isinstance(inst, torch.Tensor):  # Tensor.__setstate__ would set_() an unchecked storage
+            raise bad_tensor(self.where, "a tensor given state by BUILD")
         else:
             raise refused(f"{_describe(inst)}.__setstate__", self.where)
 
@@ -279,7 +261,7 @@ class SafeUnpickler(pickle._Unpickler):
 
     def _set_items(self, target: Any, items: list) -> None:
         pairs = zip(items[::2], items[1::2], strict=True)
-        if type(target) in (dict, OrderedDict, Counter):
+        if type(target) in (dict, OrderedDict):
             for key, value in pairs:
                 target[key] = value
         elif isinstance(target, PickledObject):
@@ -311,78 +293,96 @@ class SafeUnpickler(pickle._Unpickler):
     dispatch[pickle.ADDITEMS[0]] = load_additems
     for _ext in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_ext[0]] = load_ext
+    dispatch = {code: _counted(step) for code, step in dispatch.items()}
     del _ext
 
 
-class SafePickleModule:
-    """The ``pickle_module`` handed to ``torch.load``: its ``Unpickler`` and ``load`` are :class:`SafeUnpickler`."""
+def load_pickled(path: Path, where: str | None = None, limits: Limits | None = None) -> Any:
+    """The object ``torch.save``-d in ``path`` (zip archive or legacy format, :mod:`neulig.models.torch_file`),
+    every class in it a :class:`PickledObject` and every other unknown global a :class:`GlobalRef`;
+    tensors are real, checked and on the CPU. ``where`` names the file in errors (default: its path)."""
+    from neulig.models.torch_file import load_torch_file
 
-    __name__ = "neulig.models.pickled"
-
-    def __init__(self, where: str) -> None:
-        self.Unpickler = type("Unpickler", (SafeUnpickler,), {"where": where})
-
-    def load(self, file: Any, **kwargs: Any) -> Any:
-        return self.Unpickler(file, **kwargs).load()
+    return load_torch_file(Path(path), Budget(limits or Limits(), where or str(path)))
 
 
-def load_pickled(path: Path, where: str | None = None) -> Any:
-    """The object ``torch.save``-d in ``path``, every class in it a :class:`PickledObject` and every
-    other unknown global a :class:`GlobalRef`; tensors are real (on the CPU). ``where`` names the file
-    in errors (default: its path)."""
-    where = where or str(path)
-    try:
-        return torch.load(path, map_location="cpu", pickle_module=SafePickleModule(where), weights_only=False)
-    except NeuligError:
-        raise
-    except Exception as err:  # every reader's error means the same to the user
-        raise unreadable(f"checkpoint {where}", err, "it may be truncated or not a torch checkpoint: export it again") from err
-
-
-def _tensor(value: Any, key: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise NeuligError(f"pickled module entry {key!r} is a {_describe(value)}, not a tensor")
+def _tensor(value: Any, key: str, where: str) -> torch.Tensor:
+    if type(value) not in (torch.Tensor, torch.nn.Parameter):
+        raise NeuligError(f"checkpoint {where}: pickled module entry {key!r} is a {_describe(value)}, not a tensor")
+    if value.layout != torch.strided or value.device.type != "cpu" or value.dtype not in ALLOWED_DTYPES:
+        raise bad_tensor(where, f"under {key!r} a {value.layout} tensor of {value.dtype} on {value.device}")
     return value.detach()
 
 
-def flat_state(obj: Any, prefix: str = "", _path: frozenset[int] = frozenset()) -> StateDict:
-    """The state dict of a pickled object, as ``nn.Module.state_dict()`` would give it: for a module
-    record its parameters, persistent buffers and submodules (recursively, ``name.`` prefixes); for a
-    mapping its tensors and, under ``key.``, its nested mappings and module records. Other values
-    (epochs, arguments, preprocessing) are left out. A module or mapping that contains itself is an error."""
-    if id(obj) in _path:
-        raise NeuligError(f"the pickle contains itself under {prefix[:-1]!r}; it is not a model checkpoint")
-    _path = _path | {id(obj)}
-    out: StateDict = {}
-    if isinstance(obj, PickledObject) and obj.is_module:
+def _children(obj: Any, where: str) -> list[tuple[str, Any, bool]]:
+    """(name, value, is_tensor) of what ``obj`` (a module record or a mapping) contributes to the state
+    dict, in ``nn.Module.state_dict()``'s order: parameters, persistent buffers, then submodules."""
+    if isinstance(obj, PickledObject):
         skip = obj.attr("_non_persistent_buffers_set") or ()
-        for name, value in obj.attr("_parameters").items():
-            if value is not None:
-                out[f"{prefix}{name}"] = _tensor(value, f"{prefix}{name}")
-        for name, value in obj.attr("_buffers").items():
-            if value is not None and name not in skip:
-                out[f"{prefix}{name}"] = _tensor(value, f"{prefix}{name}")
-        for name, child in obj.attr("_modules").items():
-            if child is not None:
-                out.update(flat_state(child, f"{prefix}{name}.", _path))
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            if isinstance(value, torch.Tensor):
-                out[f"{prefix}{key}"] = value.detach()
-            elif isinstance(value, Mapping) or (isinstance(value, PickledObject) and value.is_module):
-                out.update(flat_state(value, f"{prefix}{key}.", _path))
-    return out
+        tensors = [(str(name), value, True) for name, value in obj.attr("_parameters").items() if value is not None]
+        tensors += [(str(name), value, True) for name, value in obj.attr("_buffers").items()
+                    if value is not None and name not in skip]
+        return tensors + [(str(name), child, False) for name, child in obj.attr("_modules").items()
+                          if child is not None]
+    return [(str(key), value, isinstance(value, torch.Tensor)) for key, value in obj.items()
+            if isinstance(value, (torch.Tensor, Mapping)) or (isinstance(value, PickledObject) and value.is_module)]
 
 
-def read_pickled_state(path: Path, where: str | None = None) -> StateDict:
-    """The flat state dict in a ``torch.save`` of a whole module (or of a mapping holding modules or
-    tensors), read without running anything from the file; one-line error when it holds no tensor."""
+def flat_state(obj: Any, budget: Budget | None = None) -> StateDict:
+    """The state dict of a pickled object, as ``nn.Module.state_dict()`` would give it: for a module
+    record its parameters, persistent buffers and submodules (``name.`` prefixes); for a mapping its
+    tensors and, under ``key.``, its nested mappings and module records. Other values (epochs,
+    arguments, preprocessing) are left out.
+
+    Walked iteratively and memo-aware: each module or mapping is walked once; met again elsewhere, its
+    entries are copied under the new prefix. One-line errors for a module or mapping that contains
+    itself, nesting deeper than ``max_depth`` and more than ``max_tensors`` entries (``budget``'s limits)."""
+    budget = budget or Budget(Limits(), "<pickle>")
+    limits, where = budget.limits, budget.where
+    entries: list[tuple[str, torch.Tensor]] = []
+    walked: dict[int, tuple[str, int, int]] = {}  # id -> (prefix, first entry, end) of its first walk
+    open_: dict[int, int] = {}  # ids being walked (ancestors of the current one) -> first entry
+    stack: list[tuple[str, Any, str, int]] = [("enter", obj, "", 0)]
+
+    def add(key: str, tensor: torch.Tensor) -> None:
+        if len(entries) >= limits.max_tensors:
+            raise over_limit(where, f"its state dict has more than {limits.max_tensors:,} tensors")
+        entries.append((key, tensor))
+
+    while stack:
+        action, item, prefix, depth = stack.pop()
+        if action == "tensor":
+            add(prefix, _tensor(item, prefix, where))
+        elif action == "leave":
+            walked[id(item)] = (prefix, open_.pop(id(item)), len(entries))
+        elif id(item) in open_:
+            raise NeuligError(f"checkpoint {where}: the pickle contains itself under {prefix[:-1]!r}; "
+                              "it is not a model checkpoint")
+        elif id(item) in walked:
+            first, begin, end = walked[id(item)]
+            for key, tensor in entries[begin:end]:
+                add(prefix + key[len(first):], tensor)
+        elif depth > limits.max_depth:
+            raise over_limit(where, f"its modules and mappings nest deeper than {limits.max_depth} levels")
+        else:
+            open_[id(item)] = len(entries)
+            stack.append(("leave", item, prefix, depth))
+            for name, value, is_tensor in reversed(_children(item, where)):
+                stack.append(("tensor", value, prefix + name, depth) if is_tensor else
+                             ("enter", value, f"{prefix}{name}.", depth + 1))
+    return dict(entries)
+
+
+def read_pickled_state(path: Path, where: str | None = None, limits: Limits | None = None) -> StateDict:
+    """The flat state dict in a ``torch.save`` of a state dict, a whole module, or a mapping holding
+    modules or tensors, read without running anything from the file and within ``limits`` (default
+    :class:`Limits`); one-line error when it holds no tensor."""
     where = where or str(path)
-    obj = load_pickled(path, where)
-    try:
-        state = flat_state(obj)
-    except NeuligError as err:
-        raise NeuligError(f"checkpoint {where}: {err}") from None
+    budget = Budget(limits or Limits(), where)
+    from neulig.models.torch_file import load_torch_file
+
+    obj = load_torch_file(Path(path), budget)
+    state = flat_state(obj, budget)
     if not state:
         raise NeuligError(f"checkpoint {where} holds a {_describe(obj)} with no tensors; give a model checkpoint")
     return state

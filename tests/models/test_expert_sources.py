@@ -123,7 +123,7 @@ def test_many_vision_experts_read_the_base_once(tmp_path, clip, layout, visual, 
     transformers.CLIPVisionModel.from_pretrained(save_hf_clip(tmp_path / "tmp", clip.state_dict(), ARCH)) \
         .save_pretrained(tmp_path / "clip-vit-tiny_svhn")
     reads, read = [], hf_clip.read_hf_weights
-    monkeypatch.setattr(hf_clip, "read_hf_weights", lambda path: reads.append(path.name) or read(path))
+    monkeypatch.setattr(hf_clip, "read_hf_weights", lambda path, *rest: reads.append(path.name) or read(path, *rest))
     projection = projection_of(base, layout, ARCH)
     for _ in range(3):
         _assert_same(read_visual(tmp_path / "clip-vit-tiny_svhn", layout, ARCH, base_projection=projection), visual)
