@@ -28,9 +28,9 @@ class Limits:
     max_bytes: int = 4 << 30  # storage bytes read; and, apart, the tensors' numel x element size
     basis: str = "the default for a file of no stated architecture"
     max_ratio: float = 20.0  # uncompressed / compressed size of an archive member over 64 KiB
-    max_objects: int = 2_000_000  # pickle opcodes run (each makes at most one object)
+    max_objects: int = 500_000  # pickle opcodes run (each makes at most one object)
     max_depth: int = 64  # nesting of modules and mappings in the state walk
-    max_tensors: int = 100_000  # entries of the flat state dict
+    max_tensors: int = 50_000  # entries of the flat state dict
     max_members: int = 100_000  # records of a zip archive
     max_line: int = 16 * MIB  # one line of a text (protocol 0) pickle opcode
 

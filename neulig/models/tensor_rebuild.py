@@ -38,7 +38,7 @@ REFUSED_KINDS = {
     "torch._utils._rebuild_device_tensor_from_cpu_tensor": "a device tensor",
     "torch._utils._rebuild_xla_tensor": "an XLA tensor",
     "torch._utils._rebuild_mtia_tensor": "an MTIA tensor",
-    "torch.serialization._get_layout": "a tensor of a non-strided layout",
+    "torch.serialization._get_layout": "a sparse tensor (a non-strided layout)",
 }
 
 
@@ -137,7 +137,7 @@ def _tensor_v3(budget: Budget, storage: Any, offset: Any, size: Any, stride: Any
                backward_hooks: Any, dtype: Any, metadata: Any = None) -> torch.Tensor:
     _no_metadata(budget.where, metadata)
     if not isinstance(dtype, torch.dtype):
-        raise bad_tensor(budget.where, f"a tensor of dtype {str(dtype)[:40]}")
+        raise bad_tensor(budget.where, f"a tensor of dtype {getattr(dtype, 'name', str(dtype)[:40])}")
     return checked_tensor(budget, storage, offset, size, stride, dtype)
 
 
