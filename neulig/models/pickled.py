@@ -1,30 +1,32 @@
-"""Whole-module checkpoints read as data: a restricted unpickler for ``torch.load``.
+"""Whole-module checkpoints read as data: the restricted unpickler every pickle of a torch file goes through.
 
 The task-vectors code (Ilharco et al., "Editing models with task arithmetic", arXiv 2212.04089) and
 the Neural Ligand reference code save ``zeroshot.pt`` and ``<Dataset>/finetuned.pt`` as
 ``torch.save`` of a whole ``ImageEncoder`` module (attribute ``model``: an open_clip CLIP, often
 without its text transformer), sometimes of an ``ImageClassifier`` (``image_encoder`` +
 ``classification_head``). Plain ``torch.load`` runs whatever such a pickle names; ``weights_only=True``
-refuses it. :func:`load_pickled` reads it without running anything from the file:
+refuses it. :func:`load_pickled` reads it without running anything from the file
+(:mod:`neulig.models.torch_file` reads the file's format; ``torch.load`` is never called):
 
-- **globals** (GLOBAL, STACK_GLOBAL, INST): the names in torch's own ``weights_only`` allowlist
-  (tensor, storage and parameter rebuilders, dtypes, ``OrderedDict``, ``set``, ...) resolve to those
-  objects; every other name becomes an inert :class:`GlobalRef` token. No module is ever imported.
+- **globals** (GLOBAL, STACK_GLOBAL, INST): the names of
+  :func:`neulig.models.tensor_rebuild.allowed_globals` (checked tensor rebuilders, storage classes and
+  dtypes we read, a few bounded container constructors) resolve to those; every other name becomes an
+  inert :class:`GlobalRef` token. No module is ever imported.
 - **instantiation** (NEWOBJ, NEWOBJ_EX, INST/OBJ without arguments, and ``copyreg._reconstructor`` /
   ``copyreg.__newobj__`` for protocols 0-1): a token class gives a :class:`PickledObject`, a record of
   the class name and the pickled state; its ``__new__``, ``__init__`` and ``__setstate__`` never run.
   An ``nn.Module`` pickle so becomes a record of ``_parameters``, ``_buffers`` and ``_modules``.
-- **calls** (REDUCE, INST/OBJ with arguments): only allowlisted torch callables are called. Calling a
-  token is refused before the call with a one-line :class:`NeuligError` naming the global and the
-  file, also when an allowlisted torch function would call its argument (the token's ``__call__``
-  refuses). A few pure data types (:data:`INERT_CALLS`, e.g. torchvision's ``InterpolationMode`` in
-  the pickled preprocessing) become records instead of being called.
-- **BUILD, APPEND(S), SETITEM(S), ADDITEMS** act only on records, tensors, parameters and plain
-  containers; the extension-registry opcodes (EXT1/2/4) are refused.
+- **calls** (REDUCE, INST/OBJ with arguments): only the allowed functions run, each checking its
+  arguments. Calling a token is refused before the call with a one-line :class:`NeuligError` naming
+  the global and the file. A few pure data types (:data:`INERT_CALLS`, e.g. torchvision's
+  ``InterpolationMode`` in the pickled preprocessing) become records instead of being called.
+- **BUILD, APPEND(S), SETITEM(S), ADDITEMS** act only on records and plain containers (BUILD on a
+  tensor is refused); the extension-registry opcodes (EXT1/2/4) are refused.
+- every opcode counts in the file's :class:`~neulig.models.read_limits.Budget`; :func:`flat_state`
+  walks the result iteratively, each container once (docs/security.md).
 
-Both of torch's formats pass through the same unpickler (``torch.load`` hands it every pickle it
-reads: the zip archive's ``data.pkl``, and the legacy format's header, storage and object pickles; the
-legacy format's ``('module', class, source)`` ids only name the class, whose source is not compared).
+The legacy format's ``('module', class, source)`` persistent ids only name the class, whose source is
+not compared; storage ids are answered by the format reader.
 """
 from __future__ import annotations
 
