@@ -171,7 +171,8 @@ def test_unknown_callables_are_refused_even_when_torch_allows_them(tmp_path):
     assert list(read_pickled_state(path)) == ["w"]
 
 
-@pytest.mark.parametrize("name", ["torchscript_setstate", "bytearray_bomb", "nested_dicts_3000", "sparse_out_of_range"])
+@pytest.mark.parametrize("name", ["torchscript_setstate", *(pytest.param(n, marks=pytest.mark.slow) for n in (
+    "bytearray_bomb", "nested_dicts_3000", "sparse_out_of_range"))])  # each run costs a CLI start
 def test_the_command_line_answers_in_one_line_with_exit_2(name, visual, tmp_path):
     from tests.integration.test_cli_failures import assert_one_error, given, run_cli
 
