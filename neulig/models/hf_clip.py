@@ -128,7 +128,9 @@ def _shard_files(folder: Path, index_name: str) -> list[Path]:
 def read_hf_weights(folder: Path, limits: Limits | None = None) -> StateDict:
     """The weights of a Hugging Face folder: ``model.safetensors`` (or its shards, via
     ``model.safetensors.index.json``), else ``pytorch_model.bin`` (or its shards) read by
-    :mod:`neulig.models.torch_file` within ``limits``; no code from the folder runs."""
+    :mod:`neulig.models.torch_file` within ``limits``, which its shards share; no code from the folder runs."""
+    from dataclasses import replace
+
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -144,9 +146,12 @@ def read_hf_weights(folder: Path, limits: Limits | None = None) -> StateDict:
         raise NeuligError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
                           "download the weights too")
     state: StateDict = {}
+    given, spent = limits or Limits(), 0
     for file in files:
         if reader == "torch":
-            state.update(read_pickled_state(file, str(file), limits))
+            part = read_pickled_state(file, str(file), replace(given, max_bytes=given.max_bytes - spent))
+            spent += sum(t.numel() * t.element_size() for t in part.values())
+            state.update(part)
             continue
         try:
             state.update(load_file(str(file)))

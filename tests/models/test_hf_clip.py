@@ -234,3 +234,17 @@ def test_missing_config_or_weights_and_unexportable_archs(tmp_path):
     with pytest.raises(NeuligError, match=r"RN50 is not a ViT with square images"):
         save_hf_clip(tmp_path / "rn50", {}, "RN50")
     assert not (tmp_path / "rn50").exists()
+
+
+def test_bin_shards_share_one_byte_budget(tmp_path):
+    from neulig.models.read_limits import Limits
+
+    halves = {"pytorch_model-00001-of-00002.bin": {"a": torch.ones(4096)},
+              "pytorch_model-00002-of-00002.bin": {"b": torch.ones(4096)}}  # 16 KiB each
+    for name, part in halves.items():
+        torch.save(part, tmp_path / name)
+    index = {"weight_map": {k: name for name, part in halves.items() for k in part}}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    assert set(read_hf_weights(tmp_path, Limits(max_bytes=40_000))) == {"a", "b"}
+    with pytest.raises(NeuligError, match=r"00002-of-00002\.bin breaks a reading limit: .* more than 7,616 bytes"):
+        read_hf_weights(tmp_path, Limits(max_bytes=24_000))  # each shard fits alone, not both
