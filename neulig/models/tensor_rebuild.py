@@ -86,8 +86,9 @@ def storage_types() -> dict[str, StorageType]:
 
 def _ints(value: Any, what: str, where: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list, torch.Size)) or len(value) > MAX_DIMS or \
-            not all(type(v) is int and v >= 0 for v in value):
-        raise bad_tensor(where, f"a tensor whose {what} is {str(value)[:80]} (not up to {MAX_DIMS} integers >= 0)")
+            not all(type(v) is int and 0 <= v < 1 << 62 for v in value):  # torch's sizes are int64
+        raise bad_tensor(where, f"a tensor whose {what} is {str(value)[:80]} (not up to {MAX_DIMS} integers "
+                                "from 0 to 2^62)")
     return tuple(value)
 
 

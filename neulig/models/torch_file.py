@@ -92,7 +92,7 @@ def _buffer(nbytes: int) -> tuple[bytearray, torch.Tensor]:
 # ---- zip archive --------------------------------------------------------------------------------
 
 
-def _members(path: Path, archive: zipfile.ZipFile, budget: Budget) -> tuple[str, dict[str, zipfile.ZipInfo]]:
+def _members(archive: zipfile.ZipFile, budget: Budget) -> tuple[str, dict[str, zipfile.ZipInfo]]:
     """The archive's top folder and {name: member}, after the checks on members, sizes and ratios."""
     limits, where = budget.limits, budget.where
     infos = archive.infolist()
@@ -139,7 +139,7 @@ def _load_zip(path: Path, budget: Budget) -> Any:
     if _entry_count(path) > budget.limits.max_members:
         raise over_limit(budget.where, f"its archive has more than {budget.limits.max_members:,} members")
     with zipfile.ZipFile(path) as archive:
-        top, members = _members(path, archive, budget)
+        top, members = _members(archive, budget)
         order = members.get(f"{top}/byteorder")
         if order is not None and order.file_size < 16 and archive.read(order).strip() != b"little":
             raise refused_format(budget.where, "saved in big-endian byte order")

@@ -377,6 +377,8 @@ CASES: dict[str, Case] = {
                                 BAD_TENSOR.format(r"a tensor of size \(2, 2\), stride \(100, 1\)")),
     "negative_size": Case(_obj(lambda m, v, f: {**v, "x": _tensor_call(torch.ones(4), 0, (-1,), (1,))}),
                           BAD_TENSOR.format(r"a tensor whose size is \(-1,\)")),
+    "empty_with_huge_dims": Case(_obj(lambda m, v, f: {**v, "x": _tensor_call(torch.ones(4), 0, (0, 1 << 63), (1, 1))}),
+                                 BAD_TENSOR.format(r"a tensor whose size is \(0, 9223372036854775808\)")),
     "quantized": Case(_obj(lambda m, v, f: {**v, "x": torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)}),
                       BAD_TENSOR.format(r"a storage of type torch\.QInt8Storage")),
     "nested": Case(_obj(lambda m, v, f: {**v, "x": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])}),
