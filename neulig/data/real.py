@@ -243,9 +243,11 @@ def open_hub(name: str, copy: HubCopy, transform: Callable) -> dict[str, Part]:
 
 
 def open_parts(name: str, root: Path, transform: Callable, download: bool = False, source: str = "auto"
-               ) -> tuple[dict[str, Part], str]:
+               ) -> tuple[dict[str, Part], str, str]:
     """Open the files of ``name`` (fetching them first where :func:`~neulig.data.sources.plan` says so):
-    its official splits and where they came from. Any failure is a one-line NeuligError."""
+    its official splits, where they came from (for people) and the source's identity (for cache keys:
+    ``hub:<repo>`` or ``torchvision``, the same whether fetched, cached or copied). Any failure is a
+    one-line NeuligError."""
     how = plan(name, root, source, download)
     if how is None:
         raise NeuligError(missing_message(name, root, download, source))
@@ -253,11 +255,11 @@ def open_parts(name: str, root: Path, transform: Callable, download: bool = Fals
     try:
         if how.kind == "hub":
             copy = how.copy if how.copy is not None else fetch_copy(how.repo)
-            return open_hub(name, copy, transform), copy.provenance
+            return open_hub(name, copy, transform), copy.provenance, f"hub:{how.repo}"
         if how.fetch:
             fetch_torchvision(name, root)
         opened = open_resisc45(root, transform) if name == "resisc45" else open_torchvision(name, root, transform)
-        return opened, f"{'torchvision' if name != 'resisc45' else 'image folder'} files in {root}"
+        return opened, f"{'torchvision' if name != 'resisc45' else 'image folder'} files in {root}", "torchvision"
     except NeuligError:
         raise
     except Exception as exc:  # noqa: BLE001 - network, archive and file errors alike become one line
@@ -344,9 +346,10 @@ def load_real_dataset(
     if name not in REAL_SPECS:
         raise NeuligError(f"unknown real dataset {name!r}; available: {', '.join(available_real())}")
     root = Path(data_dir) / name
-    parts, provenance = open_parts(name, root, clip_transform(image_size), download, source)
+    parts, provenance, origin = open_parts(name, root, clip_transform(image_size), download, source)
     check_labels(name, root, parts)
     splits, notes = make_splits(parts, seed)
     splits, capped = cap_splits(splits, sizes, seed)
     note = f"{name} from {provenance} (split seed {seed}): " + "; ".join(notes + ([capped] if capped else []))
-    return LoadedDataset(REAL_SPECS[name], splits["train"].view(), splits["val"].view(), splits["test"].view(), note)
+    return LoadedDataset(REAL_SPECS[name], splits["train"].view(), splits["val"].view(), splits["test"].view(), note,
+                         origin)
