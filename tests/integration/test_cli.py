@@ -30,7 +30,7 @@ def test_missing_pretrained_weights_name_the_expected_file(tmp_path):
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stderr
-    assert str(tmp_path / "weights" / "ViT-B-32-quickgelu_openai.bin") in lines[0]
+    assert str(tmp_path / "weights" / "ViT-B-32-quickgelu_openai.safetensors") in lines[0]
     assert not (tmp_path / "outputs" / "cache").exists()  # nothing started, nothing written
 
 
