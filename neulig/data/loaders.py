@@ -10,20 +10,23 @@ from torch.utils.data import DataLoader, Dataset
 from neulig.data.base import TensorImages, collate_batched
 
 
-def loader_options(dataset: Dataset, batch_size: int, num_workers: int = 0, device: torch.device | None = None) -> dict:
+def loader_options(dataset: Dataset, batch_size: int, num_workers: int = 0, device: torch.device | None = None,
+                   persistent: bool = False) -> dict:
     """DataLoader keyword arguments: worker processes only for datasets decoded from files (in-memory tensors
     are fetched a batch at a time, where workers only add start-up and copies), never more workers than
-    batches; pinned memory when the batches are copied to CUDA (then ``.to(device, non_blocking=True)``)."""
+    batches, kept between epochs when ``persistent`` (a loader iterated again); pinned memory when the
+    batches are copied to CUDA (then ``.to(device, non_blocking=True)``)."""
     in_memory = isinstance(dataset, TensorImages)
     workers = 0 if in_memory else max(0, min(int(num_workers), math.ceil(len(dataset) / batch_size)))
     return {"collate_fn": collate_batched if in_memory else None, "num_workers": workers,
-            "persistent_workers": workers > 0,
+            "persistent_workers": persistent and workers > 0,
             "pin_memory": device is not None and torch.device(device).type == "cuda"}
 
 
 def loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
            device: torch.device | None = None) -> DataLoader:
-    """A loader in a fixed order, or a seeded shuffle (:func:`loader_options` says how batches are made)."""
+    """A loader in a fixed order (one evaluation pass), or a seeded shuffle (training: its workers persist
+    between epochs); :func:`loader_options` says how batches are made."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      **loader_options(dataset, batch_size, num_workers, device))
+                      **loader_options(dataset, batch_size, num_workers, device, persistent=shuffle))
