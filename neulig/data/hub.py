@@ -23,7 +23,6 @@ A copy counts only when it is complete: every shard ``k`` of ``n`` of both split
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +47,6 @@ HUB_REPOS: dict[str, str] = {
 HUB_SPLITS = ("train", "test")
 CARD = "README.md"
 SHARD = re.compile(r"-(\d+)-of-(\d+)\.parquet$")
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` set to a true value, read when asked (as huggingface_hub reads it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def split_patterns(card: dict) -> dict[str, str]:

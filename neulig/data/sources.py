@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neulig.data.hub import HUB_REPOS, HubCopy, cached_copy, hub_offline, local_copy
+from neulig.data.hub import HUB_REPOS, HubCopy, cached_copy, local_copy
+from neulig.models.hub import fetching_allowed, first_line, offline
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,6 @@ class Plan:
     copy: HubCopy | None = None
 
 
-def fetch_allowed(download: bool) -> bool:
-    return download and not hub_offline()
-
-
 def plan(name: str, root: Path, source: str, download: bool) -> Plan | None:
     """The first way to get ``name``: files already there, then a fetch; None when none is possible."""
     repo = HUB_REPOS.get(name)
@@ -117,7 +114,7 @@ def plan(name: str, root: Path, source: str, download: bool) -> Plan | None:
         copy = cached_copy(repo)
         if copy is not None:
             return Plan("hub", False, repo, copy)
-    if fetch_allowed(download):
+    if fetching_allowed(download):
         if hub_ok:
             return Plan("hub", True, repo)
         if tv_ok and SOURCES[name].downloadable:
@@ -128,7 +125,7 @@ def plan(name: str, root: Path, source: str, download: bool) -> Plan | None:
 def _why_not(name: str, source: str, download: bool) -> str:
     if not download:
         return "data.download=false forbids fetching it"
-    if hub_offline():
+    if offline():
         return "HF_HUB_OFFLINE=1 forbids fetching it"
     if source == "torchvision":
         return (f"torchvision cannot fetch it ({'its download is gone' if name != 'resisc45' else 'no download'}; "
@@ -155,6 +152,5 @@ def missing_message(name: str, root: Path, download: bool = False, source: str =
 
 
 def fetch_failed_message(name: str, root: Path, origin: str, source: str, error: BaseException) -> str:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return (f"dataset {name}: fetching it from {origin} failed ({first}); check the connection and run again "
+    return (f"dataset {name}: fetching it from {origin} failed ({first_line(error)}); check the connection and run again "
             f"(nothing partial was published), or put {where_to_get(name, root, source)} under {root}")

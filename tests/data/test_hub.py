@@ -105,3 +105,38 @@ def test_source_torchvision_ignores_the_hub_cache(tmp_path, empty_hub_cache):
     put_in_hub_cache(empty_hub_cache, "tanganke/eurosat", repo)
     with pytest.raises(NeuligError, match="torchvision EuroSAT files"):
         load_real_dataset("eurosat", tmp_path / "data", 16, source="torchvision")
+
+
+def test_fetched_through_the_hub_protocol_once_then_read_from_the_cache(tmp_path, monkeypatch, empty_hub_cache):
+    from tests.hub_server import HubServer, go_online
+
+    write_parquet_dataset(tmp_path / "served", "tanganke/dtd", DTD, {"train": 30, "test": 10})
+    with HubServer(tmp_path / "served") as server:
+        go_online(monkeypatch, server, empty_hub_cache)
+        first = load_real_dataset("dtd", tmp_path / "data", 16, download=True)
+        fetched = [p for p in server.downloads() if p.startswith("/datasets/tanganke/dtd/")]
+        assert sorted(p.rsplit("/", 1)[-1] for p in fetched) == [
+            "README.md", "test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+        assert "hub tanganke/dtd (fetched)" in first.split_note and first.origin == "hub:tanganke/dtd"
+        before = len(server.requests)
+        again = load_real_dataset("dtd", tmp_path / "data", 16, download=True)
+        assert len(server.requests) == before, "a complete cached copy is read without any request"
+        assert torch.equal(first.test.labels, again.test.labels) and "(cached)" in again.split_note
+        assert not (tmp_path / "data").exists(), "the hub cache is used as it is, nothing copied to data.root"
+
+
+def test_a_dropped_connection_publishes_no_shard_and_the_next_run_completes(tmp_path, monkeypatch, empty_hub_cache):
+    from tests.hub_server import HubServer, go_online
+
+    write_parquet_dataset(tmp_path / "served", "tanganke/dtd", DTD, {"train": 60, "test": 10})
+    with HubServer(tmp_path / "served") as server:
+        go_online(monkeypatch, server, empty_hub_cache)
+        server.drop("data/train-00000-of-00001.parquet", 500)
+        with pytest.raises(NeuligError) as info:
+            load_real_dataset("dtd", tmp_path / "data", 16, download=True)
+        assert "fetching it from tanganke/dtd failed" in str(info.value) and "\n" not in str(info.value)
+        assert cached_copy("tanganke/dtd") is None
+        assert not list(empty_hub_cache.glob("datasets--tanganke--dtd/snapshots/*/data/train-*"))
+        server.drop(None)
+        data = load_real_dataset("dtd", tmp_path / "data", 16, download=True)
+        assert len(data.train) + len(data.val) == 60

@@ -80,8 +80,7 @@ def test_a_folder_counts_only_when_complete(tmp_path, leftover):
     assert "cifar-10-batches-py/" in str(info.value) and "tanganke/cifar10" in str(info.value)
 
 
-def test_torchvision_only_names_no_hub_repository(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_torchvision_only_names_no_hub_repository(tmp_path, online):
     message = missing_message("sun397", tmp_path / "sun397", download=True, source="torchvision")
     assert "torchvision cannot fetch it" in message and "data.source=auto or hub" in message
     assert "hf download" not in message and "SUN397/ with ClassName.txt" in message
@@ -89,7 +88,7 @@ def test_torchvision_only_names_no_hub_repository(tmp_path, monkeypatch):
 
 def test_fetch_failure_message_is_one_line():
     message = fetch_failed_message("svhn", Path("data/svhn"), "tanganke/svhn", "auto", OSError("reset\nby peer"))
-    assert "\n" not in message and "data/svhn" in message and "fetching it from tanganke/svhn failed (reset)" in message
+    assert "\n" not in message and "data/svhn" in message and "fetching it from tanganke/svhn failed (OSError: reset)" in message
 
 
 def test_unknown_real_name(tmp_path):

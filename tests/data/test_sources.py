@@ -40,13 +40,12 @@ def completing_mnist(root, transform=None, download=False, **kwargs):
     return REAL_MNIST(root, transform=transform, download=False, **kwargs)
 
 
-def test_an_interrupted_download_publishes_nothing_and_the_next_run_completes_it(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_an_interrupted_download_publishes_nothing_and_the_next_run_completes_it(tmp_path, monkeypatch, online):
     root = tmp_path / "mnist"
     monkeypatch.setattr(tvd, "MNIST", DroppedMNIST)
     with pytest.raises(NeuligError) as info:
         load_real_dataset("mnist", tmp_path, 16, download=True, source="torchvision")
-    assert "fetching it from torchvision MNIST failed (connection reset by peer)" in str(info.value)
+    assert "fetching it from torchvision MNIST failed (RuntimeError: connection reset by peer)" in str(info.value)
     assert "\n" not in str(info.value) and not root.exists(), "nothing published under data.root/mnist"
     assert plan("mnist", root, "torchvision", download=False) is None, "the next offline run still misses it"
     monkeypatch.setattr(tvd, "MNIST", completing_mnist)
@@ -56,8 +55,7 @@ def test_an_interrupted_download_publishes_nothing_and_the_next_run_completes_it
     assert "torchvision files in" in data.split_note and data.origin == "torchvision"
 
 
-def test_an_incomplete_folder_is_moved_aside_not_deleted(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+def test_an_incomplete_folder_is_moved_aside_not_deleted(tmp_path, monkeypatch, online):
     (tmp_path / "mnist" / "MNIST").mkdir(parents=True)
     (tmp_path / "mnist" / "mine.txt").write_text("a user's file")
     monkeypatch.setattr(tvd, "MNIST", completing_mnist)
