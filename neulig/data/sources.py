@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from neulig.data.hub import HUB_REPOS, HubCopy, cached_copy, local_copy
-from neulig.models.hub import fetching_allowed, first_line, offline
+from neulig.models.hub import fetching_allowed, first_line, why_not_fetched
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,11 @@ def plan(name: str, root: Path, source: str, download: bool) -> Plan | None:
 
 
 def _why_not(name: str, source: str, download: bool) -> str:
-    if not download:
-        return "data.download=false forbids fetching it"
-    if offline():
-        return "HF_HUB_OFFLINE=1 forbids fetching it"
-    if source == "torchvision":
-        return (f"torchvision cannot fetch it ({'its download is gone' if name != 'resisc45' else 'no download'}; "
-                f"data.source=auto or hub fetches it from the hub)") if name in HUB_REPOS else "torchvision cannot fetch it"
+    if not fetching_allowed(download):
+        return why_not_fetched(download, "data.download")
+    if source == "torchvision" and name in HUB_REPOS:
+        gone = "no download" if name == "resisc45" else "its download is gone"
+        return f"torchvision cannot fetch it ({gone}; data.source=auto or hub fetches it from the hub)"
     return "no source can fetch it"
 
 
