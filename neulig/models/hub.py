@@ -83,7 +83,8 @@ def cached_repo(repo_id: str) -> Path | None:
 def missing_repo_message(repo_id: str, what: str, download: bool) -> str:
     """One line: ``what`` (e.g. ``the expert for dtd``) is not in the hub cache and may not be fetched."""
     return (f"{what}: hub repository {repo_id} is not in the hub cache {cache_dir()} and {why_not_fetched(download)}; "
-            f"fetch it once with `hf download {repo_id}` on a connected machine (same HF_HOME), "
+            f"fetch it once with `hf download {repo_id} --include '*.json' '*.safetensors'` on a connected machine "
+            f"(same HF_HOME), "
             f"or allow fetching (model.download=true, HF_HUB_OFFLINE unset)")
 
 
