@@ -25,7 +25,8 @@ from tests.hub_server import HubServer, hub_environment
 
 DATASETS = ("dtd", "eurosat")
 SIZES = {"train": 24, "test": 8}
-SMALL = [f"data.datasets=[{','.join(DATASETS)}]", "data.sizes.train=12", "data.sizes.val=6", "data.sizes.test=8", "data.num_workers=0", "logger=none",
+SMALL = [f"data.datasets=[{','.join(DATASETS)}]", "data.sizes.train=12", "data.sizes.val=6", "data.sizes.test=8",
+         "data.num_workers=0", "logger=none",
          "merge=portland", "merge.global_epochs=2", "merge.eval_every=1"]
 
 
