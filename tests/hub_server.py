@@ -88,8 +88,20 @@ class HubServer:
         return digest.hexdigest()
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a file, remembered by (path, size, mtime): weights of hundreds of MB are hashed once."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -131,30 +143,35 @@ class _Handler(BaseHTTPRequestHandler):
         path = folder / filename
         if not filename or not path.is_file() or ".." in filename:
             return self._error(404, "EntryNotFound", f"{filename} not in {repo}", commit)
-        data = path.read_bytes()
+        size = path.stat().st_size
         start = 0
         ranged = self.headers.get("Range", "")
         if ranged.startswith("bytes=") and ranged[6:].split("-")[0].isdigit():
-            start = min(int(ranged[6:].split("-")[0]), len(data))
+            start = min(int(ranged[6:].split("-")[0]), size)
         self.send_response(206 if start else 200)
         self.send_header("ETag", f'"{file_hash(path)}"')
         self.send_header("X-Repo-Commit", commit)
-        self.send_header("X-Linked-Size", str(len(data)))
-        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("Content-Length", str(size - start))
         self.send_header("Accept-Ranges", "bytes")
         if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.end_headers()
         if not body:
             return
         drop = self.hub._drop
-        if drop is not None and f"{repo}/{filename}".endswith(drop[0]):
-            self.wfile.write(data[start:max(start, drop[1])])
+        end = max(start, drop[1]) if drop is not None and f"{repo}/{filename}".endswith(drop[0]) else size
+        with path.open("rb") as f:
+            f.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                chunk = f.read(min(remaining, 1 << 20))
+                self.wfile.write(chunk)
+                remaining -= len(chunk)
+        if end < size:
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)  # the client sees the stream end before Content-Length
-            return
-        self.wfile.write(data[start:])
 
     def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         payload = json.dumps({"error": message}).encode()
@@ -196,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             path_ = folder / name
             entries.append({"type": "file", "path": name, "size": path_.stat().st_size,
-                            "oid": hashlib.sha1(path_.read_bytes()).hexdigest()})
+                            "oid": file_hash(path_)[:40]})
             if recursive:
                 for i in range(1, name.count("/") + 1):
                     folders.add("/".join(name.split("/")[:i]))

@@ -40,11 +40,18 @@ def cpu_warning(model, data, gflops: float) -> str:
     epochs = {d: int((model.finetune.epochs_per_dataset or {}).get(d, model.finetune.epochs)) for d in data.names}
     cap = data.sizes.train if data.sizes is not None else None
     if cap is not None:
-        total_h = sum(epochs.values()) * cap * train_s / 3600
-        expected = f"fine-tuning {len(epochs)} experts of {cap} images is about {total_h:.1f} h"
+        total_s = sum(epochs.values()) * cap * train_s
+        expected = f"fine-tuning {len(epochs)} experts of {cap} images takes about {duration(total_s)}"
     else:
         expected = (f"fine-tuning takes about {1000 * train_s / 60:.0f} min per 1000 images per epoch "
                     f"({sum(epochs.values())} dataset-epochs in all)")
     return (f"warning: {model.arch} runs on the CPU ({cores} cores): {expected}, and features about "
             f"{1000 * forward_s / 60:.0f} min per 1000 images (estimate: {gflops} GFLOPs per image at "
             f"{CPU_CORE_GFLOPS:.0f} GFLOP/s per core); on a GPU use trainer=auto")
+
+
+def duration(seconds: float) -> str:
+    """``40 s``, ``12 min`` or ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
