@@ -103,6 +103,9 @@ class ModelConfig:
         for name, value in named.items():
             if is_hub(value) and syntax_problem(value):
                 raise ConfigError(name, value, syntax_problem(value))
+        if is_hub(self.experts_dir) and not self.weights:  # FusionBench's experts carry no visual projection
+            raise ConfigError(f"{prefix}weights", None, f"the experts' base when {prefix}experts_dir=hf://...: "
+                              "e.g. hf://openai/clip-vit-base-patch32 (the experts' projection comes from it)")
         if is_hub(self.experts_dir) and self.experts_dir_model:
             raise ConfigError(f"{prefix}experts_dir_model", self.experts_dir_model,
                               f"null with {prefix}experts_dir=hf://... (the prefix names the base)")

@@ -52,3 +52,8 @@ def test_forbidden_fetching_names_every_missing_repository_without_a_request(tmp
         in lines[1]
     assert lines[2].startswith("the base weights (model.weights): hub repository openai/clip-vit-base-patch32")
     assert missing_messages(model_config("vit_b32", *HUB), ["dtd"]) == []  # allowed: fetched when needed
+
+
+def test_hub_experts_need_their_base():
+    with pytest.raises(ConfigError, match=r"model\.weights=null: the experts' base when model\.experts_dir=hf://"):
+        model_config("vit_b32", "model.experts_dir=hf://tanganke/clip-vit-base-patch32")
