@@ -49,13 +49,13 @@ def preflight(config) -> None:
     from neulig.errors import NeuligError
     from neulig.models.preflight import missing_model_files
     from neulig.utils.device import device_lines
-    from neulig.utils.log import log
+    from neulig.utils.log import is_rank_zero, log
 
     lines = missing_model_files(config.model, config.paths.weights_dir, config.data.names)
     lines += missing_datasets(config.data)
     if lines:  # fail() prefixes the first line; every further one gets the same prefix here
         raise NeuligError("\nneulig: error: ".join(lines))
-    for line in device_lines(config):
+    for line in device_lines(config) if is_rank_zero() else ():  # a DDP child's device is rank 0's news
         (log.warning if line.startswith("warning:") else log.info)(line)
 
 
