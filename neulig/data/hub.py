@@ -10,7 +10,7 @@ neulig reads the ``train`` and ``test`` splits; its own protocol (validation car
 Where the files are looked for, in order:
 
 1. ``<data.root>/<name>/`` holding that layout (a copy of the repository, e.g. made with
-   ``huggingface-cli download <repo> --repo-type dataset --local-dir <data.root>/<name>``);
+   ``hf download <repo> --repo-type dataset --local-dir <data.root>/<name>``);
 2. the huggingface_hub cache as it is (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), so
    repositories a FusionBench user already holds are not fetched again, and a complete cached copy makes
    no request at all;

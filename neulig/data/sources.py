@@ -136,7 +136,8 @@ def where_to_get(name: str, root: Path, source: str) -> str:
     src, repo, options = SOURCES[name], HUB_REPOS.get(name), []
     if repo and source in ("auto", "hub"):
         options.append(f"a copy of the hub dataset repository {repo} "
-                       f"(hf download {repo} --repo-type dataset --local-dir {root})")
+                       f"(hf download {repo} --repo-type dataset --include README.md 'data/train-*' 'data/test-*' "
+                       f"--local-dir {root})")
     if source in ("auto", "torchvision"):
         kind = "the NWPU-RESISC45 images" if name == "resisc45" else f"the torchvision {src.torchvision_class} files"
         options.append(f"{kind} ({src.files})")

@@ -17,7 +17,8 @@ def test_offline_names_every_dataset_that_cannot_be_fetched(tmp_path, offline):
     lines = missing_datasets(data_config(tmp_path, ["sun397", "digits", "cars", "mnist"]))
     assert [line.split()[1] for line in lines] == ["sun397", "cars", "mnist"], "generated datasets never miss"
     assert all("and HF_HUB_OFFLINE=1 is set: put" in line and "\n" not in line for line in lines)
-    assert f"tanganke/stanford_cars --repo-type dataset --local-dir {tmp_path / 'data' / 'cars'}" in lines[1]
+    assert "tanganke/stanford_cars --repo-type dataset --include" in lines[1]
+    assert f"--local-dir {tmp_path / 'data' / 'cars'})" in lines[1]
     assert "torchvision MNIST files" in lines[2] and "tanganke/mnist" in lines[2]
 
 

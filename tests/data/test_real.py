@@ -65,7 +65,8 @@ def test_missing_dataset_names_the_place_and_the_fix_in_one_line(tmp_path, name,
     assert str(tmp_path / name) in message
     assert SOURCES[name].files in message and "data.download=false" in message
     if name in HUB_REPOS:
-        assert f"hf download {HUB_REPOS[name]} --repo-type dataset --local-dir {tmp_path / name}" in message
+        assert (f"hf download {HUB_REPOS[name]} --repo-type dataset --include README.md 'data/train-*' 'data/test-*' "
+                f"--local-dir {tmp_path / name}") in message
     assert not (tmp_path / name).exists(), "nothing is created without download"
 
 
