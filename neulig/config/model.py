@@ -49,7 +49,7 @@ class FinetuneConfig:
 
 @dataclass
 class ModelConfig:
-    """An open_clip backbone: ``pretrained`` is a tag whose weights lie in ``paths.weights_dir``,
+    """An open_clip backbone: ``pretrained`` is a tag whose weights lie in (or are fetched into) ``paths.weights_dir``,
     ``neulig`` (the tiny backbone's own offline pretraining, ``pretrain``), or null (random init)."""
 
     name: str = MISSING
