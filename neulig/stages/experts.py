@@ -91,10 +91,10 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
 
 
 def numerics_key(trainer: TrainerConfig) -> dict:
-    """What in the trainer changes an expert's numbers: the device kind, the precision (bf16-mixed on a GPU
-    vs 32-true on the CPU) and the number of devices (each rank's share of the batch)."""
-    return {"accelerator": trainer.resolved_accelerator(), "precision": trainer.resolved_precision(),
-            "devices": trainer.devices}
+    """What in the trainer changes an expert's numbers: the device kind and the precision (bf16-mixed on a
+    GPU vs 32-true on the CPU). Not the device count: DDP keeps the recipe's global batch (each rank takes
+    batch_size / world_size), so a DDP run and a one-device run share their experts."""
+    return {"accelerator": trainer.resolved_accelerator(), "precision": trainer.resolved_precision()}
 
 
 def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: FinetuneConfig,
