@@ -108,7 +108,8 @@ def diagnose(config, lambdas: tuple[float, ...] = LAMBDAS) -> Diagnosis:
     for scaling in lambdas:
         state = task_arithmetic.merge(products.theta_0, [products.experts[d].state for d in names], scaling)
         sweep.append(SweepPoint(scaling, {d: score(merged_features(products.base.visual, state, products.datasets[d].test,
-                                                                   config.eval.batch_size, device), labels[d], heads[d])
+                                                                   config.eval.batch_size, device, config.data.num_workers),
+                                                   labels[d], heads[d])
                                           for d in names}))
     return Diagnosis(names, float(products.base.clip.logit_scale.detach().exp()), zero_shot, experts, sweep)
 

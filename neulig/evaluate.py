@@ -32,10 +32,13 @@ def ensemble_logits(stacked: Tensor, head: Tensor, coeffs: Tensor, level: str = 
 
 
 @torch.no_grad()
-def merged_features(visual: nn.Module, state: StateDict, dataset, batch_size: int, device: torch.device) -> Tensor:
-    """Features of the encoder with weights ``state`` (run through functional_call, no module copy)."""
+def merged_features(visual: nn.Module, state: StateDict, dataset, batch_size: int, device: torch.device,
+                    num_workers: int = 0) -> Tensor:
+    """Features of the encoder with weights ``state`` (run through functional_call, no module copy), images
+    decoded by ``num_workers`` worker processes."""
     from neulig.data.loaders import loader
 
     visual = visual.to(device).eval()
     state = {k: v.to(device) for k, v in state.items()}
-    return torch.cat([functional_call(visual, state, (x.to(device),)).float().cpu() for x, _ in loader(dataset, batch_size)])
+    return torch.cat([functional_call(visual, state, (x.to(device, non_blocking=True),)).float().cpu()
+                      for x, _ in loader(dataset, batch_size, num_workers=num_workers, device=device)])

@@ -42,35 +42,21 @@ def check_command_line(argv: list[str]) -> None:
 
 
 def preflight(config) -> None:
-    """What must exist before any work: weight files, dataset folders, expert files (one line each)."""
-    from neulig.config.model import SHIPPED_PRETRAINING
+    """Everything the run needs that is absent and cannot be fetched (weights, experts, base, datasets),
+    named before anything is fetched or computed: one ``neulig: error:`` line each. Then the run's first
+    lines: its device and precision (and a warning for a real backbone on the CPU)."""
+    from neulig.data.preflight import missing_datasets
     from neulig.errors import NeuligError
-    from neulig.models.experts import preflight_message
-    from neulig.models.weights import missing_weights_message, weights_file
+    from neulig.models.preflight import missing_model_files
+    from neulig.utils.device import device_lines
+    from neulig.utils.log import is_rank_zero, log
 
-    model, data = config.model, config.data
-    for option in ("weights", "experts_dir"):
-        path = getattr(model, option)
-        if path and not Path(path).expanduser().exists():
-            raise NeuligError(f"model.{option}={path} does not exist; give the path of the "
-                              f"{'base weights' if option == 'weights' else 'folder of experts'}")
-    given_base = model.weights or model.experts_dir  # may hold the whole CLIP: known only once read
-    needs_weights = model.pretrained not in (None, SHIPPED_PRETRAINING) and not model.download and not given_base
-    if needs_weights:
-        for origin in model.origins or [model.pretrained]:
-            if weights_file(config.paths.weights_dir, model.arch, origin) is None:
-                raise NeuligError(missing_weights_message(model.name, config.paths.weights_dir, model.arch, origin))
-    message = preflight_message(model.experts, data.names)
-    if message:
-        raise NeuligError(message)
-    if not data.download:
-        from neulig.data.catalog import real_names
-
-        for name in data.names:
-            if name in real_names() and not (Path(data.root) / name).is_dir():
-                from neulig.data.real import missing_message
-
-                raise NeuligError(missing_message(name, Path(data.root) / name, False))
+    lines = missing_model_files(config.model, config.paths.weights_dir, config.data.names)
+    lines += missing_datasets(config.data)
+    if lines:  # fail() prefixes the first line; every further one gets the same prefix here
+        raise NeuligError("\nneulig: error: ".join(lines))
+    for line in device_lines(config) if is_rank_zero() else ():  # a DDP child's device is rank 0's news
+        (log.warning if line.startswith("warning:") else log.info)(line)
 
 
 def execute(config, config_yaml: str, run_dir: Path) -> dict:

@@ -24,8 +24,15 @@ class DataConfig:
     num_co_models: Optional[int] = None  # k < len(datasets): every k-combination, as the paper
     split_seed: int = 0
     sizes: Optional[SplitSizes] = None
-    download: bool = False  # torchvision may fetch missing real datasets (needs internet)
+    # fetch missing real datasets (the hub, or torchvision); false forbids it, as HF_HUB_OFFLINE=1 does
+    download: bool = True
+    # where real datasets come from: auto (files already there, else the hub, else torchvision), torchvision
+    # or hub (FusionBench's dataset repositories); docs/datasets.md
+    source: str = option("auto", choices=("auto", "torchvision", "hub"))
     root: str = "${paths.data_dir}"  # real datasets are read from <root>/<name>
+    # DataLoader worker processes decoding real images (feature extraction, evaluation, validation);
+    # in-memory generated datasets are batched in the main process
+    num_workers: int = option(4, low=0)
 
     @property
     def names(self) -> List[str]:

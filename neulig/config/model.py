@@ -49,7 +49,7 @@ class FinetuneConfig:
 
 @dataclass
 class ModelConfig:
-    """An open_clip backbone: ``pretrained`` is a tag whose weights lie in ``paths.weights_dir``,
+    """An open_clip backbone: ``pretrained`` is a tag whose weights lie in (or are fetched into) ``paths.weights_dir``,
     ``neulig`` (the tiny backbone's own offline pretraining, ``pretrain``), or null (random init)."""
 
     name: str = MISSING
@@ -64,10 +64,14 @@ class ModelConfig:
     # your own fine-tuned experts, {dataset: path}: an open_clip .safetensors/.pt file, a pickled
     # task-vectors encoder, or a Hugging Face CLIP folder (docs/checkpoints.md)
     experts: Any = mapping(str, "{dataset: checkpoint file or folder}")
-    experts_dir: Optional[str] = None  # a folder of experts in the task-vectors or FusionBench layout
+    # a folder of experts in the task-vectors or FusionBench layout, or hf://<org>/<prefix>: FusionBench's
+    # experts on the hub, <org>/<prefix>_<task> (neulig/models/hub_experts.py)
+    experts_dir: Optional[str] = None
     experts_dir_model: Optional[str] = None  # the model folder / base name inside experts_dir when it holds several
-    weights: Optional[str] = None  # the base weights (any of those formats) instead of <weights_dir>/<arch>_<tag>.bin
-    download: bool = False  # fetch missing pretrained weights for arch/pretrained into paths.weights_dir
+    weights: Optional[str] = None  # the base weights (any of those formats, or hf://<org>/<name>) instead of <arch>_<tag>
+    # fetch what is missing (pretrained weights into paths.weights_dir, hf:// experts and base into the hub
+    # cache); false forbids fetching, as HF_HUB_OFFLINE=1 does
+    download: bool = True
     # pretrained=neulig: load the pretraining shipped with the package when its recorded recipe is this
     # one (neulig/models/shipped.py); false: always pretrain (cached)
     use_shipped: bool = True
@@ -88,10 +92,23 @@ class ModelConfig:
                 if getattr(self, given):
                     raise ConfigError(f"{prefix}origins", self.origins, f"null with {prefix}{given} (the given weights "
                                       "are one origin)")
-        if self.download and self.pretrained in (None, SHIPPED_PRETRAINING):
-            raise ConfigError(f"{prefix}download", True, f"false when {prefix}pretrained={self.pretrained} (nothing "
-                              "to download): set a pretrained tag, e.g. openai")
+        self.check_hub_names(prefix)
 
+    def check_hub_names(self, prefix: str) -> None:
+        """Every ``hf://`` value names a repository ``<org>/<name>``."""
+        from neulig.models.hub import is_hub, syntax_problem
+
+        named = {f"{prefix}weights": self.weights, f"{prefix}experts_dir": self.experts_dir,
+                 **{f"{prefix}experts.{d}": p for d, p in (self.experts or {}).items()}}
+        for name, value in named.items():
+            if is_hub(value) and syntax_problem(value):
+                raise ConfigError(name, value, syntax_problem(value))
+        if is_hub(self.experts_dir) and not self.weights:  # FusionBench's experts carry no visual projection
+            raise ConfigError(f"{prefix}weights", None, f"the experts' base when {prefix}experts_dir=hf://...: "
+                              "e.g. hf://openai/clip-vit-base-patch32 (the experts' projection comes from it)")
+        if is_hub(self.experts_dir) and self.experts_dir_model:
+            raise ConfigError(f"{prefix}experts_dir_model", self.experts_dir_model,
+                              f"null with {prefix}experts_dir=hf://... (the prefix names the base)")
 
 
 def _is_int(value: str) -> bool:

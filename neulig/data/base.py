@@ -75,6 +75,7 @@ class LoadedDataset:
     val: Dataset
     test: Dataset
     split_note: str = field(default="")
+    origin: str = ""  # where a real dataset's files came from (hub:<repo> or torchvision); "" when generated
 
     @property
     def name(self) -> str:

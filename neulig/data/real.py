@@ -1,13 +1,19 @@
-"""The paper's real datasets, read from files under ``<data_dir>/<name>`` (never fetched implicitly).
+"""The paper's real datasets: files under ``<data_dir>/<name>``, or a hub repository, fetched when missing.
 
 Datasets (lower-case names): the paper's seven ``gtsrb``, ``cifar100``, ``resisc45``, ``cifar10``,
 ``mnist``, ``stl10``, ``svhn`` and the 8-task benchmark's ``sun397``, ``cars``, ``dtd``, ``eurosat``
-(with ``resisc45``, ``svhn``, ``gtsrb``, ``mnist``). All but RESISC45 are torchvision classes called
-with ``root=<data_dir>/<name>`` and ``download=<data.download>``; RESISC45 has no torchvision class
-and is an image folder, ``<data_dir>/resisc45/<class>/*.jpg`` (45 folders named as the classes, with
-``_`` or spaces; a single ``NWPU-RESISC45/`` level in between is accepted too).
+(with ``resisc45``, ``svhn``, ``gtsrb``, ``mnist``). Where they come from (``data.source``: torchvision's
+files under ``root=<data_dir>/<name>``, or FusionBench's parquet repositories on the hub) and when they
+are fetched is :mod:`neulig.data.sources`; the table of sizes, class orders and provenance is
+docs/datasets.md. RESISC45 has no torchvision class: as files it is an image folder,
+``<data_dir>/resisc45/<class>/*.jpg`` (45 folders named as the classes, with ``_`` or spaces; a single
+``NWPU-RESISC45/`` level in between is accepted too). Labels are always in neulig's class order
+(neulig/data/classnames.py): a source ordering the same names differently is mapped by name.
 
-Split protocol (``seed`` = the data group's ``split_seed``, 0 by default):
+Split protocol, the same whichever source delivered the official splits (a hub repository's ``train``
+and ``test`` are its official ones):
+
+(``seed`` = the data group's ``split_seed``, 0 by default)
 
 - **test** = the official test split: torchvision's ``train=False`` / ``split="test"`` (GTSRB,
   CIFAR10/100, MNIST, STL10, SVHN, Stanford Cars, DTD partition 1). RESISC45 uses the torchgeo lists
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,6 +47,8 @@ from torch.utils.data import Dataset
 
 from neulig.data.base import CLIP_MEAN, CLIP_STD, DatasetSpec, LoadedDataset
 from neulig.data.classnames import CLASSNAMES_AND_TEMPLATES
+from neulig.data.hub import HubCopy, ParquetImages, fetch_copy
+from neulig.data.sources import SOURCES, fetch_failed_message, missing_message, plan, resisc45_folder, where_to_get
 from neulig.errors import NeuligError
 
 VAL_FRACTION = 0.1        # of the official train split ...
@@ -51,39 +59,6 @@ REAL_SPECS: dict[str, DatasetSpec] = {
     name: DatasetSpec(name, classes, templates) for name, (classes, templates) in CLASSNAMES_AND_TEMPLATES.items()
 }
 
-
-@dataclass(frozen=True)
-class Source:
-    """Where a dataset's files come from: a torchvision class with its per-split keyword arguments.
-
-    ``test`` / ``val`` are None where there is no official split of that kind; ``files`` says what
-    must lie under ``<data_dir>/<name>`` (for the error message).
-    """
-
-    torchvision_class: str
-    files: str
-    train: dict[str, Any]
-    test: dict[str, Any] | None = None
-    val: dict[str, Any] | None = None
-    downloadable: bool = True
-
-
-SOURCES: dict[str, Source] = {
-    "gtsrb": Source("GTSRB", "gtsrb/GTSRB/Training/, gtsrb/GTSRB/Final_Test/Images/, gtsrb/GT-final_test.csv",
-                    {"split": "train"}, {"split": "test"}),
-    "cifar10": Source("CIFAR10", "cifar-10-batches-py/", {"train": True}, {"train": False}),
-    "cifar100": Source("CIFAR100", "cifar-100-python/", {"train": True}, {"train": False}),
-    "mnist": Source("MNIST", "MNIST/raw/ with the four *-idx?-ubyte files", {"train": True}, {"train": False}),
-    "stl10": Source("STL10", "stl10_binary/", {"split": "train"}, {"split": "test"}),
-    "svhn": Source("SVHN", "train_32x32.mat, test_32x32.mat", {"split": "train"}, {"split": "test"}),
-    "sun397": Source("SUN397", "SUN397/ with ClassName.txt and the image folders", {}),
-    "cars": Source("StanfordCars", "stanford_cars/ with devkit/, cars_train/, cars_test/, "
-                   "cars_test_annos_withlabels.mat", {"split": "train"}, {"split": "test"}, downloadable=False),
-    "dtd": Source("DTD", "dtd/dtd/ with images/ and labels/", {"split": "train"}, {"split": "test"}, {"split": "val"}),
-    "eurosat": Source("EuroSAT", "eurosat/2750/<class>/*.jpg", {}),
-    "resisc45": Source("ImageFolder", "<class>/*.jpg, one folder per class (45), optionally the "
-                       "resisc45-{train,val,test}.txt split lists", {}, downloadable=False),
-}
 
 PAPER7 = ("gtsrb", "cifar100", "resisc45", "cifar10", "mnist", "stl10", "svhn")
 TA8 = ("sun397", "cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")
@@ -160,30 +135,40 @@ def base_labels(dataset: Dataset) -> np.ndarray:
     raise TypeError(f"cannot read the labels of {type(dataset).__name__}")
 
 
-def whole(dataset: Dataset) -> Part:
+def whole(dataset: Dataset, label_map: np.ndarray | None = None) -> Part:
+    """All of ``dataset``; ``label_map[source label]`` is neulig's label where the source orders classes
+    differently (:func:`class_order`)."""
     labels = base_labels(dataset)
-    return Part(dataset, labels, np.arange(len(labels)))
+    return Part(dataset, labels if label_map is None else label_map[labels], np.arange(len(labels)))
 
 
-def missing_message(name: str, root: Path, download: bool) -> str:
-    """One line: which dataset, where it was looked for, and how to get it."""
-    src = SOURCES[name]
-    if name == "resisc45":
-        how = f"there is no automatic download; put the NWPU-RESISC45 images there ({src.files})"
-    elif not src.downloadable:
-        how = (f"torchvision cannot download it any more; put the torchvision {src.torchvision_class} files "
-               f"there ({src.files})")
-    elif download:
-        return (f"dataset {name} could not be downloaded into {root}: check the internet connection, or put "
-                f"the torchvision {src.torchvision_class} files there ({src.files})")
-    else:
-        how = (f"run once with data.download=true on a machine with internet, or put the torchvision "
-               f"{src.torchvision_class} files there ({src.files})")
-    return f"dataset {name} not found under {root}: {how}"
+def class_order(source_names: list[str] | None, ours: tuple[str, ...] | list[str]) -> np.ndarray | None:
+    """``map[source label] = neulig label`` when a source names the same classes in another order
+    (torchvision's SUN397 sorts ``jail/indoor`` before ``jail_cell``); None when the orders agree or the
+    names cannot be matched one to one (then the source's label order is taken as neulig's)."""
+    if not source_names:
+        return None
+    theirs, mine = [_class_key(n) for n in source_names], [_class_key(n) for n in ours]
+    if theirs == mine or sorted(theirs) != sorted(mine) or len(set(mine)) != len(mine):
+        return None
+    index = {key: i for i, key in enumerate(mine)}
+    return np.asarray([index[key] for key in theirs], dtype=np.int64)
 
 
-def open_torchvision(name: str, root: Path, transform: Callable, download: bool) -> dict[str, Part]:
-    """The official splits of a torchvision dataset as Parts (keys: train, and test / val if official)."""
+MATCHED_BY_NAME = frozenset({"sun397"})  # torchvision's class order differs from neulig's: labels mapped by name
+
+
+def check_class_names(name: str, root: Path, classes: list[str]) -> None:
+    """A one-line error unless ``classes`` are neulig's class names of ``name`` in some order."""
+    unknown = sorted(set(map(_class_key, classes)) - set(map(_class_key, REAL_SPECS[name].classnames)))
+    if unknown or len(classes) != REAL_SPECS[name].num_classes:
+        raise NeuligError(f"dataset {name} under {root} has {len(classes)} classes, not neulig's "
+                          f"{REAL_SPECS[name].num_classes} (unknown: {', '.join(unknown[:3]) or 'none'}); check its files")
+
+
+def open_torchvision(name: str, root: Path, transform: Callable, download: bool = False) -> dict[str, Part]:
+    """The official splits of a torchvision dataset as Parts (keys: train, and test / val if official),
+    labels in neulig's class order."""
     import torchvision.datasets as tvd
 
     src = SOURCES[name]
@@ -191,25 +176,41 @@ def open_torchvision(name: str, root: Path, transform: Callable, download: bool)
     parts = {}
     for split, kwargs in (("train", src.train), ("test", src.test), ("val", src.val)):
         if kwargs is not None:
-            dl = download and src.downloadable
-            parts[split] = whole(cls(root=str(root), transform=transform, download=dl, **kwargs))
+            dataset = cls(root=str(root), transform=transform, download=download and src.downloadable, **kwargs)
+            classes = getattr(dataset, "classes", None)
+            if name in MATCHED_BY_NAME:
+                check_class_names(name, root, classes)
+            parts[split] = whole(dataset, class_order(classes, REAL_SPECS[name].classnames))
     return parts
 
 
+def fetch_torchvision(name: str, root: Path) -> None:
+    """Let torchvision download ``name`` into ``.<name>.partial`` beside ``root`` (kept between runs, so
+    an interrupted download resumes from the archives it finished) and publish it as ``root`` only when
+    complete; an incomplete ``root`` left by an older run is moved aside, never deleted."""
+    import time
+
+    from neulig.data.sources import torchvision_complete
+
+    partial = root.with_name(f".{root.name}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    open_torchvision(name, partial, to_rgb, download=True)
+    if not torchvision_complete(name, partial):
+        raise FileNotFoundError(f"torchvision's download of {name} left incomplete files in {partial}")
+    if root.exists():
+        root.rename(root.with_name(f"{root.name}.incomplete-{int(time.time())}"))
+    partial.rename(root)
+
+
 def _class_key(name: str) -> str:
-    return name.replace("_", " ").replace("-", " ").strip().lower()
-
-
-def _resisc45_folder(root: Path) -> Path:
-    nested = root / "NWPU-RESISC45"
-    return nested if nested.is_dir() else root
+    return name.replace("_", " ").replace("-", " ").replace("/", " ").strip().lower()
 
 
 def open_resisc45(root: Path, transform: Callable) -> dict[str, Part]:
     """RESISC45 as an image folder; official train/val/test when the torchgeo split lists are present."""
     from torchvision.datasets import ImageFolder
 
-    folder = _resisc45_folder(root)
+    folder = resisc45_folder(root)
     if not folder.is_dir():
         raise FileNotFoundError(folder)
     dataset = ImageFolder(str(folder), transform=transform)
@@ -231,16 +232,41 @@ def open_resisc45(root: Path, transform: Callable) -> dict[str, Part]:
     return parts
 
 
-def open_parts(name: str, root: Path, transform: Callable, download: bool) -> dict[str, Part]:
-    """Open the files of ``name``; any failure to find them becomes a one-line NeuligError."""
+def open_hub(name: str, copy: HubCopy, transform: Callable) -> dict[str, Part]:
+    """The train and test splits of a hub repository's parquet files, labels in neulig's class order."""
+    ours = REAL_SPECS[name].classnames
+    if copy.classnames is not None and len(copy.classnames) != len(ours):
+        raise NeuligError(f"dataset {name} from {copy.provenance} has {len(copy.classnames)} classes, expected "
+                          f"{len(ours)}; check the repository")
+    label_map = class_order(copy.classnames, ours)
+    return {split: whole(ParquetImages(files, transform, label_map)) for split, files in copy.files.items()}
+
+
+def open_parts(name: str, root: Path, transform: Callable, download: bool = False, source: str = "auto"
+               ) -> tuple[dict[str, Part], str, str]:
+    """Open the files of ``name`` (fetching them first where :func:`~neulig.data.sources.plan` says so):
+    its official splits, where they came from (for people) and the source's identity (for cache keys:
+    ``hub:<repo>`` or ``torchvision``, the same whether fetched, cached or copied). Any failure is a
+    one-line NeuligError."""
+    how = plan(name, root, source, download)
+    if how is None:
+        raise NeuligError(missing_message(name, root, download, source))
+    origin = how.repo if how.kind == "hub" else f"torchvision {SOURCES[name].torchvision_class}"
     try:
-        if name == "resisc45":
-            return open_resisc45(root, transform)
-        return open_torchvision(name, root, transform, download)
+        if how.kind == "hub":
+            copy = how.copy if how.copy is not None else fetch_copy(how.repo)
+            return open_hub(name, copy, transform), copy.provenance, f"hub:{how.repo}"
+        if how.fetch:
+            fetch_torchvision(name, root)
+        opened = open_resisc45(root, transform) if name == "resisc45" else open_torchvision(name, root, transform)
+        return opened, f"{'torchvision' if name != 'resisc45' else 'image folder'} files in {root}", "torchvision"
     except NeuligError:
         raise
-    except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:
-        raise NeuligError(missing_message(name, root, download)) from exc
+    except Exception as exc:  # noqa: BLE001 - network, archive and file errors alike become one line
+        if how.fetch:
+            raise NeuligError(fetch_failed_message(name, root, origin, source, exc)) from exc
+        raise NeuligError(f"dataset {name}: the files under {root} cannot be read ({exc}); "
+                          f"put {where_to_get(name, root, source)} there") from exc
 
 
 # ---- splits --------------------------------------------------------------------------------------
@@ -313,17 +339,17 @@ def check_labels(name: str, root: Path, parts: dict[str, Part]) -> None:
 
 def load_real_dataset(
     name: str, data_dir: str | Path, image_size: int, seed: int = 0, download: bool = False,
-    sizes: dict | None = None,
+    sizes: dict | None = None, source: str = "auto",
 ) -> LoadedDataset:
-    """Load real dataset ``name`` from ``<data_dir>/<name>`` with the split protocol of this module."""
+    """Load real dataset ``name`` (files under ``<data_dir>/<name>``, or a hub repository, ``source``)
+    with the split protocol of this module."""
     if name not in REAL_SPECS:
         raise NeuligError(f"unknown real dataset {name!r}; available: {', '.join(available_real())}")
     root = Path(data_dir) / name
-    if not root.is_dir() and not (download and SOURCES[name].downloadable):
-        raise NeuligError(missing_message(name, root, download))  # fast path: no torchvision import
-    parts = open_parts(name, root, clip_transform(image_size), download)
+    parts, provenance, origin = open_parts(name, root, clip_transform(image_size), download, source)
     check_labels(name, root, parts)
     splits, notes = make_splits(parts, seed)
     splits, capped = cap_splits(splits, sizes, seed)
-    note = f"{name} (split seed {seed}): " + "; ".join(notes + ([capped] if capped else []))
-    return LoadedDataset(REAL_SPECS[name], splits["train"].view(), splits["val"].view(), splits["test"].view(), note)
+    note = f"{name} from {provenance} (split seed {seed}): " + "; ".join(notes + ([capped] if capped else []))
+    return LoadedDataset(REAL_SPECS[name], splits["train"].view(), splits["val"].view(), splits["test"].view(), note,
+                         origin)

@@ -10,7 +10,8 @@ procedural shapes and textures rendered directly at the model's ``image_size`` (
 backbones) with every length scaled by ``image_size / 32``, so real architectures can run anywhere.
 
 Real datasets (``gtsrb``, ``cifar10``, ..., see :mod:`neulig.data.real`) are read from
-``<data_dir>/<name>``; ``sizes=None`` (or a None entry) means the full split.
+``<data_dir>/<name>`` or a hub repository, fetched when missing; ``sizes=None`` (or a None entry) means
+the full split.
 """
 from __future__ import annotations
 
@@ -139,18 +140,20 @@ def check_not_empty(dataset: LoadedDataset) -> LoadedDataset:
 
 def load_dataset(
     name: str, sizes: dict | None, image_size: int, seed: int = 0, native_size: int = 32,
-    data_dir: str = "data", download: bool = False, cache_dir: str | None = None,
+    data_dir: str = "data", download: bool = False, cache_dir: str | None = None, source: str = "auto",
 ) -> LoadedDataset:
     """Build ``name`` with ``sizes = {train, val, test}`` caps; images resized to ``image_size`` on the fly.
 
-    Real datasets are read from ``<data_dir>/<name>`` (``download`` lets torchvision fetch them) and
-    accept ``sizes=None`` for the full splits; generated datasets need every size.
+    Real datasets come from ``<data_dir>/<name>`` or a hub repository (``source``; ``download`` lets a
+    missing one be fetched, :mod:`neulig.data.sources`) and accept ``sizes=None`` for the full splits;
+    generated datasets need every size.
     """
     message = empty_split_message(sizes)
     if message:
         raise NeuligError(message)
     if name in REAL_SPECS:
-        return check_not_empty(load_real_dataset(name, data_dir, image_size, seed=seed, download=download, sizes=sizes))
+        return check_not_empty(load_real_dataset(name, data_dir, image_size, seed=seed, download=download, sizes=sizes,
+                                                   source=source))
     if name not in BUILDERS:
         raise NeuligError(f"unknown dataset {name!r}; available: {', '.join(available())}")
     if not sizes or any(sizes.get(k) is None for k in ("train", "val", "test")):

@@ -44,6 +44,7 @@ class Combination:
     visual: nn.Module  # the architecture; weights are passed to it with functional_call
     device: torch.device
     eval_batch_size: int = 256
+    num_workers: int = 0  # data.num_workers: processes decoding images in every evaluation pass
     alignment: Alignment | None = None  # what aligning the experts measured (align=), None without
     extra: dict = field(default_factory=dict)
 
@@ -53,7 +54,7 @@ class Combination:
     def merged_accuracy(self, state: StateDict, split: str = "test", names: list[str] | None = None) -> dict[str, float]:
         """Accuracy of one merged encoder on ``split`` of each dataset (default: all), with its head."""
         return {d: feature_accuracy(merged_features(self.visual, state, getattr(self.datasets[d], split),
-                                                    self.eval_batch_size, self.device),
+                                                    self.eval_batch_size, self.device, self.num_workers),
                                     self.labels(d, split), self.heads[d])
                 for d in (names or self.names)}
 
@@ -83,7 +84,7 @@ def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts:
     return Combination(names=names, datasets={d: datasets[d] for d in names}, heads=heads, base=theta_0,
                        experts=alignment.experts, features={d: features.stacked(names, d) for d in names},
                        visual=base.visual, device=config.trainer.device(), eval_batch_size=config.eval.batch_size,
-                       alignment=alignment)
+                       num_workers=config.data.num_workers, alignment=alignment)
 
 
 def run_method(runner: Callable, groups: list[tuple[str, ...]], build: Callable[[tuple[str, ...]], Combination],

@@ -33,8 +33,9 @@ def estimate(combination: Combination, statistics: StatisticsConfig, seed: int) 
     out = []
     for name, state in zip(combination.names, combination.experts):
         encoder.load_state_dict(state)
-        batches = ((x.to(combination.device), y.to(combination.device))
-                   for x, y in loader(combination.datasets[name].train, statistics.batch_size, shuffle=True, seed=seed))
+        batches = ((x.to(combination.device, non_blocking=True), y.to(combination.device, non_blocking=True))
+                   for x, y in loader(combination.datasets[name].train, statistics.batch_size, shuffle=True, seed=seed,
+                                      num_workers=combination.num_workers, device=combination.device))
         stat = fn(encoder, combination.heads[name].to(combination.device), batches, seed=seed, **options)
         out.append({k: v.cpu() for k, v in stat.items()})
     return out

@@ -32,8 +32,9 @@ def evaluate(combination: Combination, wemoe, level: str, split: str = "test") -
     low, high = float("inf"), float("-inf")
     for d in combination.names:
         feats, coeffs = [], []
-        for x, _ in loader(getattr(combination.datasets[d], split), combination.eval_batch_size):
-            feats.append(wemoe(x.to(combination.device)).float().cpu())
+        for x, _ in loader(getattr(combination.datasets[d], split), combination.eval_batch_size,
+                           num_workers=combination.num_workers, device=combination.device):
+            feats.append(wemoe(x.to(combination.device, non_blocking=True)).float().cpu())
             weights = wemoe.routing_weights()
             low, high = min(low, float(weights.min())), max(high, float(weights.max()))
             coeffs.append(ensemble_coefficients(weights).cpu())

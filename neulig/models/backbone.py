@@ -1,7 +1,7 @@
 """open_clip backbones: the shipped tiny architecture and the real CLIP models.
 
-Real models (RN50, ViT-B-32, ViT-L-14) load ``pretrained`` weights only from a local file in
-``weights_dir`` (nothing is downloaded); a missing file is a one-line error naming the path.
+Real models (RN50, ViT-B-32, ViT-L-14) load ``pretrained`` weights from a local file in ``weights_dir``,
+which :mod:`neulig.models.weights` fetches from the hub when it is absent and fetching is allowed.
 ``pretrained: null`` builds the real architecture randomly initialised (tests, speed measurements).
 """
 from __future__ import annotations

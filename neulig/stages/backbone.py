@@ -1,4 +1,4 @@
-"""Stage 1, the backbone: real CLIP weights from a local file, a random init, or the tiny backbone's
+"""Stage 1, the backbone: real CLIP weights from a local file (fetched when absent), a random init, or the tiny backbone's
 offline pretraining (cached)."""
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin:
     """The pretrained backbone of ``origin`` (a pretraining seed or pretrained tag; None: the model's own),
     or the one whose weights ``base`` holds (``model.weights``, or the base of ``model.experts_dir``)."""
     from neulig.models.backbone import register_shipped_configs
+    from neulig.models.hub import fetching_allowed, why_not_fetched
     from neulig.models.openclip import open_clip
-    from neulig.models.weights import download_weights, missing_weights_message, weights_file
+    from neulig.models.weights import fetch_weights, missing_weights_message, weights_file
     from neulig.utils.cache import content_digest
 
     register_shipped_configs()
@@ -75,11 +76,12 @@ def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin:
     if tag == SHIPPED_PRETRAINING:
         return pretrained_tiny(model, tokenizer, cache_dir, model.pretrain.seed if origin is None else int(origin))
     path = weights_file(weights_dir, model.arch, tag)
-    if path is None and model.download:
-        log.info(f"fetching the {model.arch}/{tag} weights with open_clip into {weights_dir} (model.download)")
-        path = download_weights(weights_dir, model.arch, tag)
+    if path is None and not fetching_allowed(model.download):
+        raise NeuligError(missing_weights_message(model.name, weights_dir, model.arch, tag,
+                                                  why_not_fetched(model.download)))
     if path is None:
-        raise NeuligError(missing_weights_message(model.name, weights_dir, model.arch, tag))
+        log.info(f"fetching the {model.arch}/{tag} weights from the hub into {weights_dir}")
+        path = fetch_weights(weights_dir, model.arch, tag)
     clip = create_quietly(model.arch, path, 0)
     digest = content_digest(path, cache_dir)  # the file's content, never its name or size
     return Backbone(model.name, model.arch, clip, tokenizer, config_hash("weights", model.arch, tag, digest))

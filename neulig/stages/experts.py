@@ -42,13 +42,16 @@ class GivenExperts:
 
 
 def user_experts(model: ModelConfig, names: list[str], cache_dir: Path) -> GivenExperts:
-    """The experts given as files or folders, in any format (``models.expert_sources``), checked against
+    """The experts given as files, folders or hub repositories (``hf://``, fetched into the hub cache when
+    absent), in any format (``models.expert_sources``), checked against
     the architecture before any training; keyed by their content's SHA-256 only, so their cached
     features follow the content. Entries of ``model.experts`` win over ``model.experts_dir``'s."""
     from neulig.models.expert_sources import discover_experts, projection_of, read_visual
     from neulig.models.experts import expert_files, missing_file_message
+    from neulig.models.hub_experts import with_local_folders
     from neulig.utils.cache import content_digest
 
+    model = with_local_folders(model, names)  # hf:// experts and base: their folders in the hub cache
     base = Path(model.weights).expanduser() if model.weights else None
     where: dict[str, str] = {}
     files: dict[str, Path] = {}
@@ -81,10 +84,17 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
     """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached."""
     recipe_key = {k: v for k, v in asdict(recipe).items() if k not in SPEED_KNOBS}
     product = FINETUNED.fetch(
-        cache_dir, (backbone.key, data_key, recipe_key, seed),
+        cache_dir, (backbone.key, data_key, recipe_key, seed, numerics_key(trainer)),
         lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks),
         reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert")
     return Expert(dataset.name, product.tensors, product.key)
+
+
+def numerics_key(trainer: TrainerConfig) -> dict:
+    """What in the trainer changes an expert's numbers: the device kind and the precision (bf16-mixed on a
+    GPU vs 32-true on the CPU). Not the device count: DDP keeps the recipe's global batch (each rank takes
+    batch_size / world_size), so a DDP run and a one-device run share their experts."""
+    return {"accelerator": trainer.resolved_accelerator(), "precision": trainer.resolved_precision()}
 
 
 def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: FinetuneConfig,

@@ -37,20 +37,24 @@ class SplitFeatures:
 
 
 @torch.no_grad()
-def encode(encoder: nn.Module, dataset, batch_size: int, device: torch.device) -> Tensor:
-    """Raw image features [N, d] of ``encoder`` on ``dataset`` (eval mode, fixed order)."""
+def encode(encoder: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> Tensor:
+    """Raw image features [N, d] of ``encoder`` on ``dataset`` (eval mode, fixed order), images decoded by
+    ``num_workers`` worker processes (:func:`~neulig.data.loaders.loader_options`)."""
     from neulig.data.loaders import loader
 
     encoder = encoder.to(device).eval()
-    return torch.cat([encoder(x.to(device)).float().cpu() for x, _ in loader(dataset, batch_size)])
+    return torch.cat([encoder(x.to(device, non_blocking=True)).float().cpu()
+                      for x, _ in loader(dataset, batch_size, num_workers=num_workers, device=device)])
 
 
 def expert_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_key: dict, cache_dir: Path,
-                    device: torch.device, batch_size: int = 256, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+                    device: torch.device, batch_size: int = 256, dtype: torch.dtype = torch.float32,
+                    num_workers: int = 0) -> dict[str, Tensor]:
     """Cached features of one frozen encoder on every split of ``dataset``: {split: [N, d]}, computed in
     float32 and kept (on disk too) in ``dtype``."""
     def compute() -> tuple[dict, dict]:
-        return {split: encode(encoder, getattr(dataset, split), batch_size, device).to(dtype) for split in SPLITS}, {}
+        return {split: encode(encoder, getattr(dataset, split), batch_size, device, num_workers).to(dtype)
+                for split in SPLITS}, {}
 
     parts = (owner_key, data_key) if dtype == torch.float32 else (owner_key, data_key, str(dtype))
     return FEATURES.fetch(cache_dir, parts, compute).tensors
@@ -64,7 +68,7 @@ def view_generator(seed: int, dataset_name: str, view: int) -> torch.Generator:
 
 @torch.no_grad()
 def encode_views(encoder: nn.Module, dataset, dataset_name: str, views: int, scale: tuple[float, float], seed: int,
-                 batch_size: int, device: torch.device) -> Tensor:
+                 batch_size: int, device: torch.device, num_workers: int = 0) -> Tensor:
     """Features [views * N, d] of ``views`` random resized crops of every image of ``dataset``
     (view-major: rows v*N .. (v+1)*N - 1 are view v of images 0 .. N-1). Each view's boxes are drawn
     for the whole split at once, so they depend on neither the expert nor the batch size."""
@@ -75,22 +79,23 @@ def encode_views(encoder: nn.Module, dataset, dataset_name: str, views: int, sca
     out = []
     for view in range(views):
         boxes = None
-        for x, _ in loader(dataset, batch_size):
+        for x, _ in loader(dataset, batch_size, num_workers=num_workers, device=device):
             if boxes is None:
                 boxes = iter(crop_boxes(len(dataset), x.shape[-1], scale, (3 / 4, 4 / 3),
                                         view_generator(seed, dataset_name, view)).split(batch_size))
-            out.append(encoder(resized_crop(x.to(device), next(boxes))).float().cpu())
+            out.append(encoder(resized_crop(x.to(device, non_blocking=True), next(boxes))).float().cpu())
     return torch.cat(out)
 
 
 def view_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, data_key: dict, views: int,
                   scale: tuple[float, float], seed: int, cache_dir: Path, device: torch.device,
-                  batch_size: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
+                  batch_size: int = 256, dtype: torch.dtype = torch.float32, num_workers: int = 0) -> Tensor:
     """Cached features of ``views`` augmented views of the train split (``encode_views``), kept in ``dtype``."""
     scale = (float(scale[0]), float(scale[1]))
 
     def compute() -> tuple[dict, dict]:
-        feats = encode_views(encoder, dataset.train, dataset.name, views, scale, seed, batch_size, device).to(dtype)
+        feats = encode_views(encoder, dataset.train, dataset.name, views, scale, seed, batch_size, device,
+                             num_workers).to(dtype)
         return {"train": feats}, {"views": views, "scale": list(scale)}
 
     parts = (owner_key, data_key, views, scale, seed) + (() if dtype == torch.float32 else (str(dtype),))
@@ -180,13 +185,14 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
 
     from neulig.stages.datasets import data_key
 
-    cache, device = config.paths.cache_dir, config.trainer.device()
+    cache, device, workers = config.paths.cache_dir, config.trainer.device(), config.data.num_workers
     dtype = getattr(torch, config.feature_dtype)
     views = config.merge.train_views()
     names = list(datasets)
     keys = {d: data_key(config, datasets[d]) for d in names}
     pretrained = {d: SplitFeatures(**expert_features(backbones[origins[d]].visual, backbones[origins[d]].key,
-                                                     datasets[d], keys[d], cache, device, dtype=dtype)) for d in names}
+                                                     datasets[d], keys[d], cache, device, dtype=dtype,
+                                                     num_workers=workers)) for d in names}
     sizes = {d: {s: len(getattr(datasets[d], s)) for s in SPLITS} for d in names}
     features = RunFeatures(names, sizes, views[0] if views else 0, pretrained[names[0]].test.shape[-1], dtype)
     features.pretrained = pretrained
@@ -196,9 +202,10 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
     for e in names:
         scratch.load_state_dict(experts[e].state)
         for d in names:
-            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, dtype=dtype)
+            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, dtype=dtype,
+                                     num_workers=workers)
             train_views = view_features(scratch, experts[e].key, datasets[d], keys[d], views[0], views[1], config.seed,
-                                        cache, device, dtype=dtype) if views else None
+                                        cache, device, dtype=dtype, num_workers=workers) if views else None
             features.put(e, d, splits, train_views)
     return features
 

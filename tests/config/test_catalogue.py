@@ -50,6 +50,8 @@ CASES = [
     (["data.sizes.test=-3"], "data.sizes.test"), (["data.sizes.val=abc"], "data.sizes.val"),
     (["data.sizes.val=null"], "data.sizes.val"), (["data.sizes=null"], "data.sizes"),
     (["data.split_seed=abc"], "data.split_seed"), (["data.download=perhaps"], "data.download"),
+    (["data.source=kaggle"], "data.source"), (["data.num_workers=-1"], "data.num_workers"),
+    (["data.num_workers=many"], "data.num_workers"),
     # merge: every kind, every method
     (["merge=nosuch"], "merge"), (["merge.kind=other"], "merge.kind"),
     (["merge.runner=neulig.methods.nosuch.run"], "merge.runner"), (["merge.alignment=semi"], "merge.alignment"),

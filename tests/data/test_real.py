@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from neulig.data.base import CLIP_MEAN, CLIP_STD
-from neulig.data.real import REAL_SPECS, SOURCES, load_real_dataset, missing_message
+from neulig.data.hub import HUB_REPOS
+from neulig.data.real import REAL_SPECS, load_real_dataset
+from neulig.data.sources import SOURCES, fetch_failed_message, missing_message
 from neulig.errors import NeuligError
 
 RESISC_FOLDERS = [c.replace(" ", "_") for c in REAL_SPECS["resisc45"].classnames]
@@ -54,27 +56,40 @@ def indices(view) -> list[int]:
 
 
 @pytest.mark.parametrize("name", sorted(REAL_SPECS))
-def test_missing_dataset_names_the_place_and_the_fix_in_one_line(tmp_path, name):
+def test_missing_dataset_names_the_place_and_the_fix_in_one_line(tmp_path, name, online):
     with pytest.raises(NeuligError) as info:
         load_real_dataset(name, tmp_path, 32)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"dataset {name} ")
     assert str(tmp_path / name) in message
-    assert SOURCES[name].files in message
+    assert SOURCES[name].files in message and "data.download=false" in message
+    if name in HUB_REPOS:
+        assert (f"hf download {HUB_REPOS[name]} --repo-type dataset --include README.md 'data/train-*' 'data/test-*' "
+                f"--local-dir {tmp_path / name}") in message
     assert not (tmp_path / name).exists(), "nothing is created without download"
 
 
-def test_empty_folder_is_missing_too(tmp_path):
-    (tmp_path / "cifar10").mkdir()
-    with pytest.raises(NeuligError, match="data.download=true") as info:
+@pytest.mark.parametrize("leftover", ["empty", "partial"])
+def test_a_folder_counts_only_when_complete(tmp_path, leftover, online):
+    """What a failed torchvision download leaves (an empty folder, or some of the files) is still missing."""
+    (tmp_path / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)
+    if leftover == "partial":
+        (tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    with pytest.raises(NeuligError, match="and data.download=false: put") as info:
         load_real_dataset("cifar10", tmp_path, 32)
-    assert "cifar-10-batches-py/" in str(info.value)
+    assert "cifar-10-batches-py/" in str(info.value) and "tanganke/cifar10" in str(info.value)
 
 
-def test_download_failure_message_is_one_line():
-    message = missing_message("svhn", Path("data/svhn"), download=True)
-    assert "\n" not in message and "data/svhn" in message and "could not be downloaded" in message
+def test_torchvision_only_names_no_hub_repository(tmp_path, online):
+    message = missing_message("sun397", tmp_path / "sun397", download=True, source="torchvision")
+    assert "torchvision cannot fetch it" in message and "data.source=auto or hub" in message
+    assert "hf download" not in message and "SUN397/ with ClassName.txt" in message
+
+
+def test_fetch_failure_message_is_one_line():
+    message = fetch_failed_message("svhn", Path("data/svhn"), "tanganke/svhn", "auto", OSError("reset\nby peer"))
+    assert "\n" not in message and "data/svhn" in message and "fetching it from tanganke/svhn failed (OSError: reset)" in message
 
 
 def test_unknown_real_name(tmp_path):
@@ -116,8 +131,15 @@ def test_resisc45_uses_split_lists_and_caps(tmp_path):
 
 
 def test_resisc45_with_wrong_folders_is_rejected(tmp_path):
-    write_images(tmp_path / "resisc45" / "cat", "cat", 2, (0, 0, 0))
+    fake_resisc45(tmp_path, per_class=1)
+    (tmp_path / "resisc45" / RESISC_FOLDERS[3]).rename(tmp_path / "resisc45" / "cat")
     with pytest.raises(NeuligError, match="expected the 45"):
+        load_real_dataset("resisc45", tmp_path, 32)
+
+
+def test_resisc45_with_a_few_class_folders_is_missing(tmp_path):
+    write_images(tmp_path / "resisc45" / "cat", "cat", 2, (0, 0, 0))
+    with pytest.raises(NeuligError, match="dataset resisc45 not found under"):
         load_real_dataset("resisc45", tmp_path, 32)
 
 

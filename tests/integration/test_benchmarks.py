@@ -21,7 +21,7 @@ def load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["merge_inference", "portland_training", "finetune_throughput"])
+@pytest.mark.parametrize("name", ["merge_inference", "portland_training", "finetune_throughput", "feature_extraction"])
 def test_help_exits_zero(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
@@ -42,6 +42,17 @@ def test_finetune_throughput_smoke(capsys):
     out = capsys.readouterr().out
     assert "RATIO neulig/plain_fp32 images/s:" in out
     assert set(result["images_per_s"]) == {"plain_fp32", "neulig"}
+
+
+@pytest.mark.slow
+def test_feature_extraction_smoke(capsys):
+    """neulig's encode and open_clip's preprocess loop compute the same features (the script asserts it)."""
+    result = load("feature_extraction").main(["--model", "tiny", "--images", "4", "--batch", "2", "--workers", "1",
+                                              "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "RATIO neulig_files/open_clip_plain images/s:" in out and "RATIO neulig_parquet/open_clip_plain" in out
+    assert set(result["images_per_s"]) == {"open_clip_plain", "neulig_files", "neulig_parquet"}
+    assert all(r > 0 for r in result["ratios"].values())
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def test_missing_pretrained_weights_name_the_expected_file(tmp_path):
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stderr
-    assert str(tmp_path / "weights" / "ViT-B-32-quickgelu_openai.bin") in lines[0]
+    assert str(tmp_path / "weights" / "ViT-B-32-quickgelu_openai.safetensors") in lines[0]
     assert not (tmp_path / "outputs" / "cache").exists()  # nothing started, nothing written
 
 
@@ -41,12 +41,13 @@ def test_num_co_models_out_of_range(tmp_path):
     assert not (tmp_path / "outputs" / "cache").exists()
 
 
-def test_missing_real_dataset_is_one_line_before_any_work(tmp_path):
+def test_missing_real_datasets_are_one_line_each_before_any_work(tmp_path):
     proc = run_cli("data=paper5", "model.pretrained=null", f"paths.root_dir={tmp_path}")
     assert proc.returncode == 2
     lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr
+    assert len(lines) == 5 and all(line.startswith("neulig: error: dataset ") for line in lines), proc.stderr
     assert "dataset gtsrb not found under" in lines[0] and str(tmp_path / "data" / "gtsrb") in lines[0]
+    assert "dataset mnist not found under" in lines[4]
     assert not (tmp_path / "outputs" / "cache").exists()
 
 
@@ -55,6 +56,6 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path):
     blocker.write_text("not a directory")
     proc = run_cli(f"paths.root_dir={tmp_path}", f"logger.tracking_uri=sqlite:///{blocker}/sub/mlflow.db")
     assert proc.returncode == 2
-    lines = error_lines(proc)
+    lines = [line for line in error_lines(proc) if not line.startswith("[neulig] device: ")]  # the run's first line
     assert len(lines) == 1 and "MLflow tracking store" in lines[0] and "unreachable" in lines[0], proc.stderr
     assert not (tmp_path / "outputs" / "cache").exists()  # nothing trained

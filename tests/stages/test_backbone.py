@@ -18,10 +18,15 @@ def test_real_architecture_random_init_forward(name, arch, dim, tmp_path):
     assert backbone.clip.encode_text(tokens).shape == (1, dim)
 
 
-def test_missing_weights_is_one_line_error(tmp_path):
+def test_missing_weights_offline_is_one_line_naming_file_repository_and_place(tmp_path):
+    """The suite runs with HF_HUB_OFFLINE=1: nothing may be fetched, so the line says what to put where."""
     with pytest.raises(NeuligError) as err:
         load_backbone(model_config("rn50"), str(tmp_path), tmp_path)
-    assert "\n" not in str(err.value) and str(tmp_path / "RN50-quickgelu_openai.bin") in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE=1" in message
+    assert "open_clip_model.safetensors of hub repository timm/resnet50_clip.openai" in message
+    assert str(tmp_path / "RN50-quickgelu_openai.safetensors") in message
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -34,35 +39,35 @@ def test_local_weights_file_is_loaded(tmp_path):
         assert torch.equal(backbone.clip.state_dict()[key], value), key
 
 
-def test_missing_weights_name_the_download_option(tmp_path):
-    with pytest.raises(NeuligError, match=r"model\.download=true"):
+def test_weights_without_a_hub_source_say_so(tmp_path):
+    with pytest.raises(NeuligError, match=r"open_clip knows no hub source for them: put an open_clip state dict at "):
         load_backbone(model_config("tiny", "model.pretrained=mytag"), str(tmp_path), tmp_path)
 
 
-def test_download_fetches_the_weights_into_the_weights_dir(tmp_path, monkeypatch):
-    """model.download=true: open_clip's downloader (stubbed: no network here) fills <weights_dir>/<arch>_<tag>.bin."""
-    from neulig.models.openclip import open_clip
+def test_missing_weights_are_fetched_by_default_through_the_hub(tmp_path, monkeypatch):
+    """model.download defaults to true: the real client fetches the file from a loopback hub once."""
+    from safetensors.torch import save_file
+
+    from neulig.models import weights
     from neulig.stages.backbone import create_quietly
+    from tests.hub_server import HubServer, go_online
 
     source = create_quietly("neulig-tiny", None, seed=5)
-    calls = []
-
-    def fake_download(config, cache_dir=None):
-        calls.append((config, cache_dir))
-        path = tmp_path / "hub" / "open_clip_pytorch_model.bin"
-        path.parent.mkdir(exist_ok=True)
-        torch.save(source.state_dict(), path)
-        return str(path)
-
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: {"url": f"stub://{arch}/{tag}"})
-    monkeypatch.setattr(open_clip, "download_pretrained", fake_download)
-    weights = tmp_path / "weights"
-    backbone = load_backbone(model_config("tiny", "model.pretrained=mytag", "model.download=true"), str(weights), tmp_path)
-    assert len(calls) == 1 and calls[0][1] == str(weights / ".download")
-    assert (weights / "neulig-tiny_mytag.bin").is_file()
-    assert all(torch.equal(backbone.clip.state_dict()[k], v) for k, v in source.state_dict().items())
-    load_backbone(model_config("tiny", "model.pretrained=mytag", "model.download=true"), str(weights), tmp_path)
-    assert len(calls) == 1  # present now: not fetched again
+    repo = tmp_path / "hub" / "models" / "timm" / "tiny"
+    repo.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(repo / weights.SAFE_WEIGHTS))
+    monkeypatch.setattr(weights, "weights_source", lambda arch, tag: weights.WeightsSource("timm/tiny",
+                                                                                            (weights.SAFE_WEIGHTS,)))
+    with HubServer(tmp_path / "hub") as server:
+        go_online(monkeypatch, server, tmp_path / "hf_cache")
+        config = model_config("tiny", "model.pretrained=mytag")
+        backbone = load_backbone(config, str(tmp_path / "weights"), tmp_path)
+        assert (tmp_path / "weights" / "neulig-tiny_mytag.safetensors").is_file()
+        assert all(torch.equal(backbone.clip.state_dict()[k], v) for k, v in source.state_dict().items())
+        assert load_backbone(config, str(tmp_path / "weights"), tmp_path).key == backbone.key
+    assert len(server.downloads()) == 1  # present now: not fetched again
+    with pytest.raises(NeuligError, match=r"not found and model.download=false"):
+        load_backbone(model_config("tiny", "model.pretrained=other", "model.download=false"), str(tmp_path), tmp_path)
 
 
 def test_a_swapped_weights_file_of_equal_size_is_a_new_backbone(tmp_path, monkeypatch):
