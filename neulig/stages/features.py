@@ -98,8 +98,10 @@ def view_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, da
 
 
 class StackedView:
-    """A combination's experts' features on one dataset, stacked [N, T, d] (float32) when read: the run's
-    features stay held once (:class:`RunFeatures`), no combination keeps a copy of its own."""
+    """A combination's experts' features on one dataset, stacked [N, T, d] (float32) when read: each read
+    of ``train`` / ``val`` / ``test`` / ``train_views`` makes a new float32 copy of that split (the caller
+    holds it while it needs it), so the run's features stay held once (:class:`RunFeatures`) and no
+    combination keeps a copy of its own. Training reads rows from the stores instead (Portland)."""
 
     def __init__(self, features: RunFeatures, group: list[str], dataset: str):
         self._features, self._group, self._dataset = features, list(group), dataset
@@ -127,12 +129,12 @@ class StackedView:
 class RunFeatures:
     """Every frozen encoder's features of a run, each held once: the zero-shot backbone of each dataset's
     origin on that dataset (``pretrained``), and every expert on every dataset in one
-    :class:`~neulig.data.feature_store.FeatureStore` per split (``stores``; the train store holds each
+    :class:`~neulig.portland.features.FeatureStore` per split (``stores``; the train store holds each
     dataset's clean rows then its augmented views', as Portland trains on them). ``experts[e][d]`` are
     views into the stores; ``dtype`` (``feature_dtype``) is how they are held, float32 or float16."""
 
     def __init__(self, names: list[str], sizes: dict[str, dict[str, int]], views: int, dim: int, dtype: torch.dtype):
-        from neulig.data.feature_store import FeatureStore
+        from neulig.portland.features import FeatureStore
 
         self.names, self.views, self.pretrained = list(names), views, {}
         rows = {"train": {d: n["train"] * (1 + views) for d, n in sizes.items()},
@@ -147,9 +149,9 @@ class RunFeatures:
             self.stores["train"].put(expert, dataset, train_views, start=self._sizes[dataset]["train"])
 
     def put_labels(self, dataset: str, labels: dict[str, Tensor]) -> None:
-        self.stores["train"].label_sets[dataset] = labels["train"].long().repeat(1 + self.views)
+        self.stores["train"].put_labels(dataset, labels["train"].long().repeat(1 + self.views))
         for split in ("val", "test"):
-            self.stores[split].label_sets[dataset] = labels[split].long()
+            self.stores[split].put_labels(dataset, labels[split])
 
     @property
     def experts(self) -> dict[str, dict[str, SplitFeatures]]:
