@@ -187,8 +187,9 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
     views = config.merge.train_views()
     names = list(datasets)
     keys = {d: data_key(config, datasets[d]) for d in names}
+    batch = config.eval.batch_size  # speed only: not in the features' cache key
     pretrained = {d: SplitFeatures(**expert_features(backbones[origins[d]].visual, backbones[origins[d]].key,
-                                                     datasets[d], keys[d], cache, device, dtype=dtype)) for d in names}
+                                                     datasets[d], keys[d], cache, device, batch, dtype)) for d in names}
     sizes = {d: {s: len(getattr(datasets[d], s)) for s in SPLITS} for d in names}
     features = RunFeatures(names, sizes, views[0] if views else 0, pretrained[names[0]].test.shape[-1], dtype)
     features.pretrained = pretrained
@@ -198,9 +199,9 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
     for e in names:
         scratch.load_state_dict(experts[e].state)
         for d in names:
-            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, dtype=dtype)
+            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, batch, dtype)
             train_views = view_features(scratch, experts[e].key, datasets[d], keys[d], views[0], views[1], config.seed,
-                                        cache, device, dtype=dtype) if views else None
+                                        cache, device, batch, dtype) if views else None
             features.put(e, d, splits, train_views)
     return features
 
