@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from neulig.alignment import AlignOptions, align
+    from neulig.alignment import align
+    from neulig.config.align import AlignConfig
 
     reference_tower = random_tower(args.arch, args.seed)
     reference = {k: v.detach().clone() for k, v in reference_tower.state_dict().items()}
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     counts = [min(args.batch_size, args.images - i) for i in range(0, args.images, args.batch_size)]
     batches = [torch.randn(n, 3, size, size, generator=gen) for n in counts]
-    options = AlignOptions(max_sweeps=args.max_sweeps, tol=args.tol, seed=args.seed)
+    options = AlignConfig(method=args.method, max_sweeps=args.max_sweeps, tol=args.tol, seed=args.seed)
     print(f"alignment: arch={args.arch} ({ARCHS[args.arch]}, random init x2), method={args.method}, "
           f"images={args.images}x{size}px, threads={torch.get_num_threads()}, max_sweeps={args.max_sweeps}, "
           f"tol={args.tol}")

@@ -11,14 +11,15 @@ Features have class structure (a class direction, strong in the dataset's own ex
 others, plus unit noise) and the heads are those directions, so accuracies mean something. Only the
 train (+ views) and val features are made: Portland's training and selection read nothing else.
 
-(a) sequential, one at a time (``methods.portland.run``, what a multi-device or aligned run does):
-    each expert's float32 features held once (``RunFeatures``); per
-    combination, its own stacked [N, T, d] copy (``RunFeatures.stacked`` into a ``Combination``, then
-    ``methods.portland.training_features`` concatenates clean and views) and
-    ``methods.portland.build_module`` + a Lightning Trainer, as ``methods.portland.run`` does;
-(b) batched (``methods.portland.run_many``, what a one-device run does): one ``FeatureStore`` per split
-    holding each expert's features once (``--store-dtype``, the run's ``feature_dtype``);
-    ``lit.portland_batched.fit_combinations`` trains all combinations of one k together.
+(a) sequential, one at a time, each from its own stacked copy: each expert's float32 features held
+    once (``RunFeatures``); per combination, its own stacked [N, T, d] copy (``RunFeatures.stacked``
+    into a ``Combination``, ``portland.runner.sources_of`` of a combination without the run's stores)
+    and the one trainer (``portland.training.fit``) on that combination alone;
+(b) batched (``portland.runner.run_many``, what a run does): one ``FeatureStore`` per split holding
+    each expert's features once (``--store-dtype``, the run's ``feature_dtype``); the one trainer
+    trains all combinations of one k together.
+An epoch's time includes its evaluation (evaluations run inside the trainer's step); one evaluation
+is also timed alone after training.
 
 Each path runs in a fresh process, so its peak resident memory (VmHWM) is its own. Times are measured
 on the combinations run (``--limit`` per k) for ``--epochs`` global epochs; the 120-combination,
@@ -141,18 +142,18 @@ def offsets(study: Study) -> dict[str, torch.Tensor]:
             for i, e in enumerate(study.names)}
 
 
-@dataclass(frozen=True)
-class Method:
-    """The Portland options ``methods.portland.build_module`` reads (``conf/merge/portland.yaml``)."""
+def portland_method(study: Study):
+    """``conf/merge/portland.yaml`` as the typed ``PortlandMerge``, with the study's epochs and batch size."""
+    from omegaconf import OmegaConf
 
-    global_epochs: int
-    eval_every: int
-    batch_size: int
-    loss: str = "sup"
-    regularizer: str = "reference"
-    offsets_over: str = "all"
-    scaling: float = 100.0
-    lr: float = 1e-3
+    from neulig.config.merge import PortlandMerge
+
+    yaml = OmegaConf.load(C.REPO / "conf" / "merge" / "portland.yaml")
+    del yaml["defaults"]
+    merged = OmegaConf.merge(OmegaConf.structured(PortlandMerge), yaml,
+                             {"global_epochs": study.epochs, "eval_every": study.eval_every,
+                              "batch_size": study.batch_size, "views": study.views})
+    return OmegaConf.to_object(merged)
 
 
 @dataclass(frozen=True)
@@ -190,13 +191,11 @@ def reset_peak() -> bool:
 
 def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.device) -> dict:
     """(a) one combination at a time; returns timings and the results per combination."""
-    import lightning as L
-
     from neulig.config.trainer import TrainerConfig
     from neulig.data.base import DatasetSpec, LoadedDataset
-    from neulig.lit.trainer import trainer_kwargs
     from neulig.methods.combination import Combination
-    from neulig.methods.portland import build_module
+    from neulig.portland.runner import combo_inputs, sources_of
+    from neulig.portland.training import ensembled_accuracy, fit
     from neulig.stages.features import RunFeatures
 
     baseline, tick = rss("VmRSS"), time.perf_counter()
@@ -220,7 +219,7 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
             features.put(e, d, {"train": parts["train"][:n], "val": parts["val"], "test": torch.empty(0, study.dim)},
                          views)
     made = time.perf_counter() - tick
-    thetas, method = offsets(study), Method(study.epochs, study.eval_every, study.batch_size)
+    thetas, method = offsets(study), portland_method(study)
     trainer = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     runs = []
     for group in groups:
@@ -231,21 +230,18 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
         combination = Combination(list(group), datasets, {d: u[d] * 100.0 for d in group}, {},
                                   [{"theta": thetas[e]} for e in group],
                                   {d: features.stacked(list(group), d) for d in group}, torch.nn.Identity(), device)
+        inputs = combo_inputs([combination], method.offsets_over)
+        train, val = sources_of([combination], "train"), sources_of([combination], "val")  # the stacked copies
         stack_s, tick = time.perf_counter() - tick, time.perf_counter()
-        L.seed_everything(study.seed, verbose=False)
-        module = build_module(combination, method, study.seed)
-        kwargs = trainer_kwargs(trainer)
-        kwargs.update(max_epochs=study.epochs, use_distributed_sampler=False, num_sanity_val_steps=0,
-                      enable_progress_bar=False)
         clock = C.epoch_clock()
-        L.Trainer(callbacks=[clock], **kwargs).fit(module)
+        [result] = fit(inputs, train, val, method, study.seed, "features", trainer, [clock])
         fit_s, tick = time.perf_counter() - tick, time.perf_counter()
-        module.validation_accuracy()
+        ensembled_accuracy(inputs, [result.state], val, "features", device)  # one evaluation, timed
         C.sync(device)
         runs.append({"group": group, "stack_s": stack_s, "fit_s": fit_s, "epoch_s": clock.times,
-                     "eval_s": time.perf_counter() - tick, "state": module.best_state, "best_epoch": module.best_epoch,
-                     "history": module.history})
-        del combination, module
+                     "eval_s": time.perf_counter() - tick, "state": result.state, "best_epoch": result.best_epoch,
+                     "history": list(result.history)})
+        del combination, train, val
         gc.collect()  # the Trainer and the module reference each other: free this combination's copies now
     return {"path": "sequential", "dtype": "float32", "made_s": made, "baseline": baseline, "peak": rss("VmHWM"),
             "needed": study.needed_bytes(4), "runs": runs}
@@ -254,9 +250,10 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
 def run_batched(study: Study, groups: list[tuple[str, ...]], device: torch.device, dtype: torch.dtype,
                 save: Path | None) -> dict:
     """(b) one feature store, every k trained together; returns timings and the results."""
-    from neulig.data.feature_store import FeatureStore
-    from neulig.lit.portland_batched import ComboInputs, PortlandOptions, fit_combinations
-    from neulig.merging.portland import offset_statistics
+    from neulig.config.trainer import TrainerConfig
+    from neulig.portland.features import FeatureStore
+    from neulig.portland.statistics import offset_moments
+    from neulig.portland.training import ComboInputs, ensembled_accuracy, fit
 
     baseline, tick = rss("VmRSS"), time.perf_counter()
     stores = {}
@@ -269,22 +266,24 @@ def run_batched(study: Study, groups: list[tuple[str, ...]], device: torch.devic
                     store.put(e, d, block, y if start == 0 else None, start=start)
         stores[split] = store
     made = time.perf_counter() - tick
-    thetas, method = offsets(study), Method(study.epochs, study.eval_every, study.batch_size)
-    options = PortlandOptions.of(method, study.seed)
+    thetas, method = offsets(study), portland_method(study)
+    trainer = TrainerConfig(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
     fits = []
     for k in sorted({len(g) for g in groups}):
         part = [g for g in groups if len(g) == k]
         tick = time.perf_counter()
-        combos = [ComboInputs(g, tuple(directions(study, d) * 100.0 for d in g),
-                              *offset_statistics(torch.stack([thetas[e].double() for e in g]))) for g in part]
-        timings: dict = {}
-        results = fit_combinations(combos, stores["train"].sources(part), stores["val"].sources(part), options, device,
-                                   timings=timings)
-        wall = time.perf_counter() - tick  # set-up = the statistics, the stacked parameters and the schedule
-        fits.append({"k": k, "groups": part, "setup_s": wall - sum(timings["epoch_s"]) - sum(timings["eval_s"]),
-                     "epoch_s": timings["epoch_s"], "eval_s": timings["eval_s"],
-                     "results": [{"state": r.state, "best_epoch": r.best_epoch, "history": list(r.history)}
-                                 for r in results]})
+        moments = offset_moments({e: {"theta": thetas[e]} for e in study.names}, method.offsets_over)
+        combos = [ComboInputs(g, tuple(directions(study, d) * 100.0 for d in g), moments.of(g)) for g in part]
+        clock = C.epoch_clock()
+        val = stores["val"].sources(part, part)
+        results = fit(combos, stores["train"].sources(part, part), val, method, study.seed, "features", trainer, [clock])
+        wall, tick = time.perf_counter() - tick, time.perf_counter()  # set-up = statistics, parameters, schedule
+        ensembled_accuracy(combos, [r.state for r in results], val, "features", device)  # one evaluation, timed
+        C.sync(device)
+        eval_s = time.perf_counter() - tick
+        fits.append({"k": k, "groups": part, "setup_s": wall - sum(clock.times), "epoch_s": clock.times,
+                     "eval_s": [eval_s], "results": [{"state": r.state, "best_epoch": r.best_epoch,
+                                                      "history": list(r.history)} for r in results]})
     peak, device_peak = rss("VmHWM"), torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     disk = save_store(stores, study, save) if save else None
     return {"path": "batched", "dtype": str(dtype).replace("torch.", ""), "made_s": made, "baseline": baseline,

@@ -14,6 +14,7 @@ import torch
 
 from neulig.config import Config
 from neulig.results import RunResult
+from neulig.stages.features import RunFeatures
 from neulig.utils.log import log, quiet_libraries
 
 
@@ -24,7 +25,7 @@ def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     clock = Clock()
     products = prepare(config, callbacks, clock)
     runner = resolve(config.merge.runner)
-    context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks), products.features)
+    context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
     groups = combinations(products.names, config.data.num_co_models)
     many = resolve(config.merge.runner_many) if config.merge.runner_many and len(groups) > 1 else None
     if many is not None and (reason := one_at_a_time(config)):
@@ -56,7 +57,7 @@ class Products:
     heads: dict
     experts: dict
     origins: dict  # dataset -> the origin its expert started from
-    features: object  # stages.RunFeatures
+    features: RunFeatures
     reference: dict  # zero-shot and fine-tuned test accuracy per dataset
     base: object  # the backbone of the first dataset's origin: architecture and theta_0 of anchored methods
     theta_0: dict

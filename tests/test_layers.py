@@ -12,10 +12,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "neulig"
 LAYERS = [
     ("errors", "utils", "data/catalog", "data/classnames"),
     ("config",),
-    ("merging", "alignment", "models", "data", "evaluate"),
-    ("lit", "results", "plots"),
+    ("merging", "alignment", "models", "data", "evaluate",
+     "portland/model", "portland/statistics", "portland/loss", "portland/features"),
+    ("lit", "results", "plots", "portland/training"),
     ("stages",),
-    ("methods",),
+    ("methods", "portland"),  # portland/runner, portland/evaluation (and the package's map)
     ("recipe",),
     ("callbacks", "run", "report", "report_seeds", "diagnose", "__init__", "__main__"),
 ]

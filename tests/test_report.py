@@ -65,7 +65,7 @@ def log_runs(uri: str, run_root: Path) -> list[dict]:
         cfg = {"merge": {"name": merge, "kind": "static"}, "model": {"name": "tiny"},
                "data": {"name": "toy", "datasets": DATASETS}, "seed": seed}
         if merge == "portland":  # as MLflowReporter.report tags a run with extra kinds of accuracy
-            from neulig.methods.portland import LABELS
+            from neulig.portland.evaluation import LABELS
 
             reporter.client.set_tag(reporter.run_id, KINDS_TAG, json.dumps(LABELS))
         reporter.finish(cfg, metrics, [run_dir / "results.json"])

@@ -4,7 +4,7 @@ Git Re-Basin weight matching (arXiv 2209.04836), activation matching, and MuDSC'
 similarity with whole-head attention matching (arXiv 2403.01753), for open_clip ViT and
 ModifiedResNet image towers. Entry point: :func:`align`.
 """
-from neulig.alignment.align import METHODS, AlignOptions, AlignResult, GroupReport, align
+from neulig.alignment.align import METHODS, AlignResult, GroupReport, align
 from neulig.alignment.permute import (
     Permutation,
     check_permutation,
@@ -17,7 +17,6 @@ from neulig.alignment.spec import Group, PermutationSpec, Probe, Slot, spec_for
 
 __all__ = [
     "METHODS",
-    "AlignOptions",
     "AlignResult",
     "Group",
     "GroupReport",

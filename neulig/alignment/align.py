@@ -24,31 +24,15 @@ from torch import Tensor, nn
 
 from neulig.alignment.activations import collect_moments
 from neulig.alignment.permute import Permutation, identity_permutation, permute_state
-from neulig.alignment.similarity import WeightSimilarity, activation_similarity, blend, check_measure
+from neulig.alignment.similarity import WeightSimilarity, activation_similarity, blend
 from neulig.alignment.solvers import coordinate_descent, matched_similarity, solve_once
 from neulig.alignment.spec import PermutationSpec, spec_for
+from neulig.config.align import AlignConfig
+from neulig.config.fields import ConfigError, check_fields
 from neulig.errors import NeuligError
 from neulig.merging.state_dict import StateDict
 
 METHODS = ("weight", "activation", "mudsc")
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    """Hyperparameters (MuDSC code defaults)."""
-
-    fix_rate: float = 0.5  # f, the weight-space share of S (mudsc only; weight: 1, activation: 0)
-    similarity: str = "pearson"  # or "cosine"
-    max_sweeps: int = 100
-    tol: int = 5  # stop after this many sweeps without progress
-    seed: int = 0  # the random group order of the sweeps
-
-    def __post_init__(self) -> None:
-        check_measure(self.similarity)
-        if not 0.0 <= self.fix_rate <= 1.0:
-            raise NeuligError(f"fix_rate must be in [0, 1], got {self.fix_rate}")
-        if self.max_sweeps < 0 or self.tol < 1:
-            raise NeuligError(f"need max_sweeps >= 0 and tol >= 1, got {self.max_sweeps} and {self.tol}")
 
 
 @dataclass(frozen=True)
@@ -75,11 +59,11 @@ class AlignResult:
         return self.states[1:]
 
 
-def _method_fix_rate(method: str, options: AlignOptions) -> float:
+def _method_fix_rate(method: str, options: AlignConfig) -> float:
     return {"weight": 1.0, "activation": 0.0}.get(method, options.fix_rate)
 
 
-def _align_one(spec: PermutationSpec, method: str, options: AlignOptions, other: StateDict,
+def _align_one(spec: PermutationSpec, method: str, options: AlignConfig, other: StateDict,
                s_weight: WeightSimilarity, s_act: dict[str, Tensor] | None,
                phases: dict[str, float]) -> tuple[Permutation, tuple[float, ...], dict[str, GroupReport]]:
     f = _method_fix_rate(method, options)
@@ -115,13 +99,20 @@ def _align_one(spec: PermutationSpec, method: str, options: AlignOptions, other:
     return perm, history, reports
 
 
-def align(reference: StateDict, others: Sequence[StateDict], visual: nn.Module, method: str = "mudsc",
-          images: Iterable[Tensor] | None = None, options: AlignOptions = AlignOptions()) -> AlignResult:
+def align(reference: StateDict, others: Sequence[StateDict], visual: nn.Module, method: str,
+          batches: Iterable[Tensor] | None = None, options: AlignConfig | None = None) -> AlignResult:
     """Align every model of ``others`` to ``reference`` (image-tower state dicts of ``visual``'s architecture).
 
-    ``visual`` supplies the architecture (``clip.visual``; its own weights are not used). ``images``
+    ``visual`` supplies the architecture (``clip.visual``; its own weights are not used). ``batches`` of images
     (normalised [B, 3, H, W] batches, iterated once) are needed by ``activation`` and ``mudsc``.
+    ``options``: the ``align`` group's typed config (``fix_rate``, ``similarity``, ``max_sweeps``, ``tol``,
+    ``seed``), checked here; None: the schema's defaults.
     """
+    options = AlignConfig(method=method) if options is None else options
+    try:
+        check_fields(options, "align.")
+    except ConfigError as err:
+        raise NeuligError(str(err)) from None
     start = time.perf_counter()
     if method not in METHODS:
         raise NeuligError(f"unknown alignment method {method!r}; choose one of {', '.join(METHODS)}")
@@ -134,14 +125,14 @@ def align(reference: StateDict, others: Sequence[StateDict], visual: nn.Module, 
     phases = {"activations": 0.0, "matching": 0.0, "refinement": 0.0, "permuting": 0.0}
     moments = None
     if method != "weight":
-        if images is None:
+        if batches is None:
             raise NeuligError(
-                f"alignment method {method!r} needs unlabeled images; pass images=, or use method='weight'")
+                f"alignment method {method!r} needs unlabeled images; pass batches=, or use method='weight'")
         unprobed = [g.name for g in spec.groups if not g.probes]
         if unprobed:
             raise NeuligError(f"method {method!r} needs activations, but group {unprobed[0]!r} has no probe site")
         tick = time.perf_counter()
-        moments = collect_moments(visual, spec, reference, others, images)
+        moments = collect_moments(visual, spec, reference, others, batches)
         phases["activations"] = time.perf_counter() - tick
     s_weight = WeightSimilarity(reference, spec, options.similarity)
     states, perms, reports, histories = [dict(reference)], [], [], []

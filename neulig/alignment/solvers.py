@@ -111,9 +111,11 @@ class Refinement:
     history: tuple[float, ...]  # each sweep's score
 
 
-def coordinate_descent(spec: PermutationSpec, similarity: SimilarityFn, init: Permutation, max_sweeps: int = 100,
-                       tol: int = 5, seed: int = 0) -> Refinement:
-    """Refine ``init`` by coordinate descent over the solve steps, keeping the best sweep."""
+def coordinate_descent(spec: PermutationSpec, similarity: SimilarityFn, init: Permutation, max_sweeps: int,
+                       tol: int, seed: int) -> Refinement:
+    """Refine ``init`` by coordinate descent over the solve steps, keeping the best sweep (at most
+    ``max_sweeps``, stopping after ``tol`` without progress; ``seed``: the groups' random order; the
+    values of the ``align`` group, ``config.align.AlignConfig``)."""
     generator = torch.Generator().manual_seed(seed)
     current, best, best_score = dict(init), dict(init), -float("inf")
     history: list[float] = []

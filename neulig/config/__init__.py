@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from neulig.config.errors import renamed_key
 from neulig.config.fields import ConfigError, check_fields
 from neulig.config.root import Config
 
@@ -87,7 +88,7 @@ def check_declared(node: Any, prefix: str) -> None:
         if fields is not None and key not in fields:
             value = OmegaConf.to_container(node, resolve=False).get(key)
             renamed = getattr(schema, "RENAMED", {}).get(key)
-            raise ConfigError(f"{prefix}{key}", value, f"renamed: use {prefix}{renamed}" if renamed else
+            raise ConfigError(f"{prefix}{key}", value, f"renamed: use {renamed_key(prefix, renamed)}" if renamed else
                               "not an option; its options: " + ", ".join(sorted(fields)))
         if fields is not None:
             check_declared(node._get_node(key), f"{prefix}{key}.")

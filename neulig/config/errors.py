@@ -17,6 +17,12 @@ NOT_OVERRIDDEN = re.compile(r"Could not (?:override|append to config\. An item i
 CONVERT = re.compile(r"could not be converted to (?P<type>\w+)")
 
 
+def renamed_key(prefix: str, renamed: str) -> str:
+    """The new key of a renamed option: ``renamed`` within the same group (``prefix``, e.g. ``merge.``), or,
+    when it is dotted, a key of the whole config (``ensemble.level``)."""
+    return renamed if "." in renamed else f"{prefix}{renamed}"
+
+
 def _override(err: BaseException, overrides: Sequence[str]) -> tuple[str, str] | None:
     """The (key, value) of the override the error is about, from its message or the command line."""
     match = OVERRIDE.search(str(err))
@@ -73,7 +79,7 @@ def translate(err: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
         object_type = getattr(cause, "object_type", None)
         renamed = getattr(object_type, "RENAMED", {}).get(key.rpartition(".")[2])
         if renamed:
-            return ConfigError(key, value, f"renamed: use {key.rpartition('.')[0]}.{renamed}")
+            return ConfigError(key, value, f"renamed: use {renamed_key(key.rpartition('.')[0] + '.', renamed)}")
         return ConfigError(key, value, "not an option" + _known_options(object_type))
     if isinstance(cause, MissingMandatoryValue):
         return ConfigError(key, "???", "required: set it in the group's yaml or on the command line")

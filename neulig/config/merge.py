@@ -231,14 +231,16 @@ LEVELS = ("features", "logits")
 
 @dataclass
 class EnsembleMerge(MergeConfig):
-    level: str = option(MISSING, choices=LEVELS)  # logits: mean_t h(z_t); features: h(mean_t z_t)
+    """The experts' uniform ensemble at the run's ``ensemble.level``, as every other method's Ens. column."""
+
+    RENAMED = {"level": "ensemble.level"}  # a dotted name is a key of the whole config
 
 
 @dataclass
 class PortlandMerge(MergeConfig):
     """Neural Ligand (arXiv 2503.01268): Portland trained on cached expert features."""
 
-    RENAMED = {"alignment": "loss"}  # options of earlier versions: the error names the new key
+    RENAMED = {"alignment": "loss", "eval_batch_size": "merged_batch_size"}  # earlier names: the error names the new key
 
     loss: str = option(MISSING, choices=("sup", "semi"))  # L_b: cross-entropy, or prediction entropy
     regularizer: str = option(MISSING, choices=("reference", "exact"))  # L_a
@@ -250,7 +252,7 @@ class PortlandMerge(MergeConfig):
     batch_size: int = positive()
     global_epochs: int = positive()
     eval_every: int = positive()
-    eval_batch_size: int = positive()
+    merged_batch_size: int = positive()  # test images per merge in acc/merged (one merge per batch): changes results
     batch_weights: str = option(MISSING, choices=("mean", "first"))
     eval_shuffle: bool = MISSING
 

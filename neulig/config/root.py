@@ -23,6 +23,9 @@ class EnsembleConfig:
 
 @dataclass
 class EvalConfig:
+    """How evaluations run: the one speed-only batch size (feature extraction, fine-tune validation, merged
+    and ensembled evaluations); it never changes a result (``merge.merged_batch_size`` does: Portland's)."""
+
     batch_size: int = positive()
 
 

@@ -23,20 +23,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from neulig.lit.adamerging import TTAModule
+from neulig.config.merge import WeMoEMerge
+from neulig.lit.test_time import TTAModule
 from neulig.merging.wemoe import WeMoE
 
 
 class WeMoEModule(TTAModule):
-    def __init__(self, wemoe: WeMoE, heads: dict[str, Tensor], test_sets: dict[str, Dataset], steps: int = 1000,
-                 lr: float = 1e-3, batch_size: int = 16, log_every: int = 10, seed: int = 0,
-                 lr_schedule: str = "cosine", batch_reduce: bool = False,
-                 curve: Callable[[], dict[str, float]] | None = None, curve_every: int = 0):
+    def __init__(self, wemoe: WeMoE, heads: dict[str, Tensor], test_sets: dict[str, Dataset], method: WeMoEMerge,
+                 seed: int, curve: Callable[[], dict[str, float]] | None = None):
         # batch_reduce routes each task's batch by its mean routing vector: one forward per task
-        super().__init__(heads, test_sets, steps, lr, batch_size, batches_per_task=1, fresh_batches=False,
-                         log_every=log_every, seed=seed, stage_name="wemoe", per_task_forward=batch_reduce,
-                         curve=curve, curve_every=curve_every)
-        self.wemoe, self.lr_schedule, self.batch_reduce = wemoe, lr_schedule, batch_reduce
+        super().__init__(heads, test_sets, method, seed, "wemoe", batches_per_task=1, fresh_batches=False,
+                         per_task_forward=method.batch_reduce, curve=curve)
+        self.wemoe, self.lr_schedule, self.batch_reduce = wemoe, method.lr_schedule, method.batch_reduce
 
     def on_train_start(self) -> None:
         self.wemoe.set_batch_reduce(self.batch_reduce)

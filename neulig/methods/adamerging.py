@@ -34,10 +34,7 @@ def run(combination: Combination, method: AdaMergingMerge, context: Context) -> 
         state = {k: v.detach() for k, v in merger.merged_state().items()}
         return combination.curve_point(state)
 
-    module = AdaMergingModule(combination.visual, merger, combination.heads, test_sets, steps=method.steps,
-                              lr=method.lr, batch_size=method.batch_size, batches_per_task=method.batches_per_task,
-                              log_every=method.log_every, seed=context.seed, fresh_batches=method.stream == "fresh",
-                              curve=curve, curve_every=method.curve_every)
+    module = AdaMergingModule(combination.visual, merger, combination.heads, test_sets, method, context.seed, curve)
     fit_steps(module, method.steps, context.trainer, context.callbacks)
     merger = merger.to(combination.device)
     with torch.no_grad():

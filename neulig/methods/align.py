@@ -52,15 +52,13 @@ def unlabeled_images(datasets: list[LoadedDataset], count: int, batch_size: int,
 def align_experts(experts: list[StateDict], origins: list[object], visual: nn.Module,
                   datasets: list[LoadedDataset], config: AlignConfig) -> Alignment:
     """The combination's experts aligned to its first one (``config.method``), or untouched."""
-    from neulig.alignment import AlignOptions, align
+    from neulig.alignment import align
 
     if config.method is None or (len(set(map(str, origins))) == 1 and not config.always):
         return Alignment(list(experts))
-    options = AlignOptions(fix_rate=config.fix_rate, similarity=config.similarity, max_sweeps=config.max_sweeps,
-                           tol=config.tol, seed=config.seed)
     images = None if config.method == "weight" else unlabeled_images(datasets, config.images, config.batch_size,
                                                                      config.seed)
-    result = align(experts[0], experts[1:], visual, config.method, images, options)
+    result = align(experts[0], experts[1:], visual, config.method, images, config)
     groups = {name: {"similarity": sum(r[name].similarity for r in result.reports) / len(result.reports),
                      "unmoved": sum(r[name].unmoved for r in result.reports) / len(result.reports)}
               for name in result.reports[0]}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,7 @@ from neulig.evaluate import accuracy, ensemble_logits, feature_accuracy, merged_
 from neulig.merging.state_dict import StateDict
 from neulig.methods.align import Alignment
 from neulig.results import ComboResult
-from neulig.stages.features import SplitFeatures
+from neulig.stages.features import RunFeatures, SplitFeatures, StackedView
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,6 @@ class Context:
     seed: int
     level: str  # ensemble.level: features | logits
     callbacks: tuple = ()
-    features: object = None  # the run's stages.RunFeatures (each expert's features held once), for batched runners
 
 
 @dataclass
@@ -32,7 +31,9 @@ class Combination:
     """T datasets with their experts, everything already cached and loaded.
 
     ``features[d]`` stacks every expert's features on dataset d: [N, T, d_feat] per split (expert t
-    in the order of ``names``).
+    in the order of ``names``); a ``StackedView`` makes that float32 copy at each read, from the run's
+    features held once (``run_features``, whose experts ``expert_names`` are, in order). Runners that
+    train on many rows (Portland) read ``run_features`` instead and copy only the rows of a batch.
     """
 
     names: list[str]
@@ -40,13 +41,15 @@ class Combination:
     heads: dict[str, Tensor]
     base: StateDict  # theta_0 of anchored methods
     experts: list[StateDict]
-    features: dict[str, SplitFeatures]
+    features: Mapping[str, StackedView | SplitFeatures]
     visual: nn.Module  # the architecture; weights are passed to it with functional_call
     device: torch.device
     eval_batch_size: int = 256
     num_workers: int = 0  # data.num_workers: processes decoding images in every evaluation pass
     alignment: Alignment | None = None  # what aligning the experts measured (align=), None without
     extra: dict = field(default_factory=dict)
+    run_features: RunFeatures | None = None  # None: only ``features`` (a combination built by hand)
+    expert_names: tuple[str, ...] = ()  # the experts' names in ``run_features``, in the order of ``names``
 
     def labels(self, name: str, split: str) -> Tensor:
         return getattr(self.datasets[name], split).labels
@@ -84,7 +87,8 @@ def build_combination(group: tuple[str, ...], base, theta_0: StateDict, experts:
     return Combination(names=names, datasets={d: datasets[d] for d in names}, heads=heads, base=theta_0,
                        experts=alignment.experts, features={d: features.stacked(names, d) for d in names},
                        visual=base.visual, device=config.trainer.device(), eval_batch_size=config.eval.batch_size,
-                       num_workers=config.data.num_workers, alignment=alignment)
+                       num_workers=config.data.num_workers, alignment=alignment, run_features=features,
+                       expert_names=tuple(names))  # the pipeline names each expert after its dataset
 
 
 def run_method(runner: Callable, groups: list[tuple[str, ...]], build: Callable[[tuple[str, ...]], Combination],

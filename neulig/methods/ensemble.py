@@ -1,4 +1,5 @@
-"""The plain prediction-level ensemble of the experts; its merged counterpart is their uniform average."""
+"""The experts' uniform ensemble at the run's ``ensemble.level`` (the level every method's Ens. column
+uses); its merged counterpart is their uniform average."""
 from __future__ import annotations
 
 import torch
@@ -11,6 +12,6 @@ from neulig.results import ComboResult
 
 def run(combination: Combination, method: EnsembleMerge, context: Context) -> ComboResult:
     count = len(combination.experts)
-    accuracy = {"ensembled": combination.ensemble_accuracy(torch.full((count,), 1.0 / count), method.level),
+    accuracy = {"ensembled": combination.ensemble_accuracy(torch.full((count,), 1.0 / count), context.level),
                 "merged": combination.merged_accuracy(average(combination.base, combination.experts), "test")}
     return ComboResult(tuple(combination.names), accuracy, granularity="the uniform average of the experts")

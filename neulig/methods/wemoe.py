@@ -65,10 +65,7 @@ def run(combination: Combination, method: WeMoEMerge, context: Context) -> Combo
         wemoe.set_batch_reduce(method.batch_reduce)
         return point
 
-    module = WeMoEModule(wemoe, combination.heads, test_sets, steps=method.steps, lr=method.lr,
-                         batch_size=method.batch_size, log_every=method.log_every, seed=context.seed,
-                         lr_schedule=method.lr_schedule, batch_reduce=method.batch_reduce, curve=curve,
-                         curve_every=method.curve_every)
+    module = WeMoEModule(wemoe, combination.heads, test_sets, method, context.seed, curve)
     fit_steps(module, method.steps, context.trainer, context.callbacks)
     acc, routing, drift = evaluate(combination, wemoe, context.level)
     return ComboResult(tuple(combination.names), acc, granularity="one encoder with input-routed MLP weights",

@@ -80,12 +80,13 @@ def user_experts(model: ModelConfig, names: list[str], cache_dir: Path) -> Given
 
 def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, data_key: dict,
                     recipe: FinetuneConfig, trainer: TrainerConfig, seed: int, cache_dir: Path,
-                    callbacks: list) -> Expert:
-    """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached."""
+                    callbacks: list, eval_batch_size: int) -> Expert:
+    """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached;
+    ``eval_batch_size`` (``eval.batch_size``, speed only: not in the cache key) batches its validation."""
     recipe_key = {k: v for k, v in asdict(recipe).items() if k not in SPEED_KNOBS}
     product = FINETUNED.fetch(
         cache_dir, (backbone.key, data_key, recipe_key, seed, numerics_key(trainer)),
-        lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks),
+        lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks, eval_batch_size),
         reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert")
     return Expert(dataset.name, product.tensors, product.key)
 
@@ -98,7 +99,7 @@ def numerics_key(trainer: TrainerConfig) -> dict:
 
 
 def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: FinetuneConfig,
-             trainer_cfg: TrainerConfig, seed: int, callbacks: list) -> tuple[StateDict, dict]:
+             trainer_cfg: TrainerConfig, seed: int, callbacks: list, eval_batch_size: int) -> tuple[StateDict, dict]:
     """One fine-tuning run: AdamW, warm-up + cosine, gradient clipping (the paper's recipe shape)."""
     import lightning as L
 
@@ -121,7 +122,8 @@ def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: F
     start = time.time()
     log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
     try:
-        trainer.fit(module, train_loader, loader(dataset.val, 256))
+        trainer.fit(module, train_loader, loader(dataset.val, eval_batch_size, num_workers=recipe.num_workers,
+                                                 persistent=True))
     except RuntimeError as err:  # e.g. an lr beyond float range makes AdamW's update overflow
         if "overflow" not in str(err):
             raise
@@ -141,4 +143,4 @@ def prepare_experts(config, backbones: dict, origins: dict, datasets: dict[str, 
 
     return {d: given.experts[d] if d in given.experts else finetune_expert(
         backbones[origins[d]], datasets[d], heads[d], data_key(config, datasets[d]), config.model.finetune,
-        config.trainer, config.seed, config.paths.cache_dir, callbacks) for d in datasets}
+        config.trainer, config.seed, config.paths.cache_dir, callbacks, config.eval.batch_size) for d in datasets}

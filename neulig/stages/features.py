@@ -103,8 +103,10 @@ def view_features(encoder: nn.Module, owner_key: str, dataset: LoadedDataset, da
 
 
 class StackedView:
-    """A combination's experts' features on one dataset, stacked [N, T, d] (float32) when read: the run's
-    features stay held once (:class:`RunFeatures`), no combination keeps a copy of its own."""
+    """A combination's experts' features on one dataset, stacked [N, T, d] (float32) when read: each read
+    of ``train`` / ``val`` / ``test`` / ``train_views`` makes a new float32 copy of that split (the caller
+    holds it while it needs it), so the run's features stay held once (:class:`RunFeatures`) and no
+    combination keeps a copy of its own. Training reads rows from the stores instead (Portland)."""
 
     def __init__(self, features: RunFeatures, group: list[str], dataset: str):
         self._features, self._group, self._dataset = features, list(group), dataset
@@ -132,12 +134,12 @@ class StackedView:
 class RunFeatures:
     """Every frozen encoder's features of a run, each held once: the zero-shot backbone of each dataset's
     origin on that dataset (``pretrained``), and every expert on every dataset in one
-    :class:`~neulig.data.feature_store.FeatureStore` per split (``stores``; the train store holds each
+    :class:`~neulig.portland.features.FeatureStore` per split (``stores``; the train store holds each
     dataset's clean rows then its augmented views', as Portland trains on them). ``experts[e][d]`` are
     views into the stores; ``dtype`` (``feature_dtype``) is how they are held, float32 or float16."""
 
     def __init__(self, names: list[str], sizes: dict[str, dict[str, int]], views: int, dim: int, dtype: torch.dtype):
-        from neulig.data.feature_store import FeatureStore
+        from neulig.portland.features import FeatureStore
 
         self.names, self.views, self.pretrained = list(names), views, {}
         rows = {"train": {d: n["train"] * (1 + views) for d, n in sizes.items()},
@@ -152,9 +154,9 @@ class RunFeatures:
             self.stores["train"].put(expert, dataset, train_views, start=self._sizes[dataset]["train"])
 
     def put_labels(self, dataset: str, labels: dict[str, Tensor]) -> None:
-        self.stores["train"].label_sets[dataset] = labels["train"].long().repeat(1 + self.views)
+        self.stores["train"].put_labels(dataset, labels["train"].long().repeat(1 + self.views))
         for split in ("val", "test"):
-            self.stores[split].label_sets[dataset] = labels[split].long()
+            self.stores[split].put_labels(dataset, labels[split])
 
     @property
     def experts(self) -> dict[str, dict[str, SplitFeatures]]:
@@ -190,8 +192,9 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
     views = config.merge.train_views()
     names = list(datasets)
     keys = {d: data_key(config, datasets[d]) for d in names}
+    batch = config.eval.batch_size  # speed only: not in the features' cache key
     pretrained = {d: SplitFeatures(**expert_features(backbones[origins[d]].visual, backbones[origins[d]].key,
-                                                     datasets[d], keys[d], cache, device, dtype=dtype,
+                                                     datasets[d], keys[d], cache, device, batch, dtype,
                                                      num_workers=workers)) for d in names}
     sizes = {d: {s: len(getattr(datasets[d], s)) for s in SPLITS} for d in names}
     features = RunFeatures(names, sizes, views[0] if views else 0, pretrained[names[0]].test.shape[-1], dtype)
@@ -202,10 +205,10 @@ def all_features(config, backbones: dict, origins: dict, experts: dict, datasets
     for e in names:
         scratch.load_state_dict(experts[e].state)
         for d in names:
-            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, dtype=dtype,
+            splits = expert_features(scratch, experts[e].key, datasets[d], keys[d], cache, device, batch, dtype,
                                      num_workers=workers)
             train_views = view_features(scratch, experts[e].key, datasets[d], keys[d], views[0], views[1], config.seed,
-                                        cache, device, dtype=dtype, num_workers=workers) if views else None
+                                        cache, device, batch, dtype, num_workers=workers) if views else None
             features.put(e, d, splits, train_views)
     return features
 

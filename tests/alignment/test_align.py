@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from neulig.alignment import (
-    AlignOptions,
     align,
     check_permutation,
     identity_permutation,
@@ -17,6 +16,7 @@ from neulig.alignment import (
 from neulig.alignment.activations import collect_moments
 from neulig.alignment.similarity import WeightSimilarity, activation_similarity, blend
 from neulig.alignment.solvers import coordinate_descent, matched_similarity, solve_once
+from neulig.config.align import AlignConfig
 from neulig.errors import NeuligError
 from tests.alignment.towers import TOWERS, build, features, images, lively_state
 
@@ -44,7 +44,8 @@ def test_recovers_the_inverse_permutation_exactly(tower, name, method):
     assert same_state(result.states[1], state)  # bit-identical: un-shuffling only moves values
     assert all(r.similarity > 0.99 for r in result.reports[0].values())
     # MuDSC starts from the exact matching: one sweep scores it, then tol sweeps bring no progress
-    assert result.sweeps == ((0,) if method == "activation" else (1 + AlignOptions().tol,)) and result.seconds > 0
+    assert result.sweeps == ((0,) if method == "activation" else (1 + AlignConfig(method=method).tol,))
+    assert result.seconds > 0
 
 
 @pytest.mark.parametrize("name", TOWERS)
@@ -70,7 +71,7 @@ def test_aligning_an_unrelated_model_keeps_its_function(tower, name, method):
     spec = spec_for(visual)
     other = lively_state(build(name, seed=7), seed=7)  # an independent random init
     x = images(visual, batches=1, batch=8, seed=9)
-    result = align(state, [other], visual, method, x, AlignOptions(tol=2))
+    result = align(state, [other], visual, method, x, AlignConfig(method=method, tol=2))
     check_permutation(spec, result.permutations[0])  # whole heads, Q/K and V paired alike
     assert sum(r.unmoved for r in result.reports[0].values()) < 0.5 * len(spec.groups)  # it did move units
     assert (features(visual, result.states[1], x[0]) - features(visual, other, x[0])).abs().max() < 1e-5
@@ -103,7 +104,7 @@ def test_each_other_model_is_aligned_on_its_own(tower):
     perm2 = random_permutation(spec, torch.Generator().manual_seed(2))
     copy2 = permute_state(state, spec, perm2)
     result = align(state, [copy1, copy2], visual, "mudsc", images(visual, batches=2, batch=8),
-                   AlignOptions(fix_rate=0.3, tol=2))
+                   AlignConfig(method="mudsc", fix_rate=0.3, tol=2))
     for got, perm in zip(result.permutations, (perm1, perm2)):
         assert all(torch.equal(got[g], p) for g, p in inverse_permutation(perm).items())
     assert len(result.states) == 3 and all(same_state(s, state) for s in result.aligned)
@@ -115,7 +116,7 @@ def test_each_other_model_is_aligned_on_its_own(tower):
 
 def test_cosine_similarity_also_recovers(tower):
     visual, spec, state, copy, perm = shuffled(tower, "tiny", seed=5)
-    options = AlignOptions(similarity="cosine")
+    options = AlignConfig(method="mudsc", similarity="cosine")
     result = align(state, [copy], visual, "mudsc", images(visual, batches=1, batch=8), options)
     assert same_state(result.states[1], state)
 
@@ -124,15 +125,17 @@ def test_errors_are_one_line(tower):
     visual, state = tower("tiny")
     x = images(visual, batches=1, batch=2)
     cases = [
-        (lambda: align(state, [state], visual, "zip", x), "unknown alignment method 'zip'"),
+        (lambda: align(state, [state], visual, "zip", x), "align.method=zip: one of null, weight, activation, mudsc"),
         (lambda: align(state, [], visual, "weight"), "at least one model"),
         (lambda: align(state, [state], visual, "mudsc", None), "needs unlabeled images"),
         (lambda: align(state, [{k: v for k, v in state.items() if k != "proj"}], visual, "weight"), "model 1"),
         (lambda: align(state, [state], torch.nn.Conv2d(3, 3, 1), "weight"), "cannot align a Conv2d"),
-        (lambda: align(state, [state], visual, "mudsc", [], AlignOptions()), "no activations"),
-        (lambda: AlignOptions(fix_rate=1.5), "fix_rate"),
-        (lambda: AlignOptions(tol=0), "tol >= 1"),
-        (lambda: AlignOptions(similarity="l1"), "unknown similarity"),
+        (lambda: align(state, [state], visual, "mudsc", [], AlignConfig(method="mudsc")), "no activations"),
+        (lambda: align(state, [state], visual, "weight", None, AlignConfig(method="weight", fix_rate=1.5)),
+         "align.fix_rate=1.5"),
+        (lambda: align(state, [state], visual, "weight", None, AlignConfig(method="weight", tol=0)), "align.tol=0"),
+        (lambda: align(state, [state], visual, "weight", None, AlignConfig(method="weight", similarity="l1")),
+         "align.similarity=l1"),
     ]
     for call, message in cases:
         with pytest.raises(NeuligError, match=message) as err:
@@ -157,7 +160,7 @@ def test_cached_similarities_change_nothing(tower, name):
         return blend(s_w(other, group, perm), s_act[group], 0.5)
 
     start = solve_once(spec, lambda group, _: s_act[group], identity_permutation(spec))
-    plain = coordinate_descent(spec, fresh, start)
+    plain = coordinate_descent(spec, fresh, start, max_sweeps=100, tol=5, seed=0)
     assert result.sweeps[0] == plain.sweeps > 1 + 5  # some sweeps did make progress
     assert result.sweep_scores[0] == pytest.approx(plain.history, abs=1e-6)
     assert all(torch.equal(result.permutations[0][g], p) for g, p in plain.permutation.items())

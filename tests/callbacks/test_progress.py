@@ -62,13 +62,20 @@ def fit_with_bar(module, **trainer_kwargs) -> str:
 
 
 def test_portland_bar_counts_global_epochs_and_shows_loss_and_val_ensembled_accuracy():
-    from neulig.lit.portland import PortlandModule
+    import dataclasses
+
+    from neulig.portland.features import StackedSources
+    from neulig.portland.statistics import offset_statistics
+    from neulig.portland.training import ComboInputs, PortlandTraining
+    from tests.portland.test_training import METHOD
 
     torch.manual_seed(0)
     names, t, d, c = ["a", "b"], 2, 8, 3
-    sets = {n: (torch.randn(40, t, d), torch.randint(0, c, (40,))) for n in names}
-    module = PortlandModule(sets, sets, {n: torch.randn(c, d) for n in names}, d, regularizer="exact",
-                            gram=torch.eye(t), batch_size=16, eval_every=2)
+    sets = StackedSources([[(torch.randn(40, t, d), torch.randint(0, c, (40,))) for _ in names]])
+    stats = offset_statistics([{"w": torch.randn(5)} for _ in names])
+    combo = ComboInputs(tuple(names), tuple(torch.randn(c, d) for _ in names), stats)
+    module = PortlandTraining([combo], sets, sets, dataclasses.replace(METHOD, regularizer="exact", eval_every=2), 0,
+                              "features")
     final = fit_with_bar(module, max_epochs=6, num_sanity_val_steps=0)
     assert final.startswith("portland ") and " 6/6 " in final, final
     loss, val = module.history[-1]["train/loss"], module.history[-1]["val/ensembled_avg"]

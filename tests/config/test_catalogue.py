@@ -82,7 +82,7 @@ CASES = [
     (["merge=regmean", "merge.hparams.alpha=2"], "merge.hparams.alpha"),
     (["merge=regmean", "merge.hparams.ridge=-1"], "merge.hparams.ridge"),
     (["merge=weighted_average", "merge.hparams.weights=[1,-1]"], "merge.hparams.weights"),
-    (["merge=ensemble", "merge.level=votes"], "merge.level"),
+    (["merge=ensemble", "merge.level=logits"], "merge.level"),  # renamed: the run's ensemble.level
     (["merge=adamerging", "merge.granularity=block"], "merge.granularity"),
     (["merge=adamerging", "merge.steps=0"], "merge.steps"), (["merge=adamerging", "merge.batch_size=0"], "merge.batch_size"),
     (["merge=wemoe", "merge.router_hidden_layers=3"], "merge.router_hidden_layers"),
@@ -146,9 +146,14 @@ def test_catalogue_covers_every_group():
     assert {"seed", "paths", "model", "data", "merge", "trainer", "logger", "experiment", "ensemble", "eval"} <= groups
 
 
-def test_the_renamed_portland_option_names_its_new_key(monkeypatch, capsys):
-    _, stderr = run_main(["merge.alignment=semi"], monkeypatch, capsys)
-    assert stderr.strip() == "neulig: error: merge.alignment=semi: renamed: use merge.loss"
+@pytest.mark.parametrize("args,answer", [
+    (["merge.alignment=semi"], "merge.alignment=semi: renamed: use merge.loss"),
+    (["merge.eval_batch_size=64"], "merge.eval_batch_size=64: renamed: use merge.merged_batch_size"),
+    (["merge=ensemble", "merge.level=logits"], "merge.level=logits: renamed: use ensemble.level"),
+])
+def test_a_renamed_option_names_its_new_key(args, answer, monkeypatch, capsys):
+    _, stderr = run_main(args, monkeypatch, capsys)
+    assert stderr.strip() == f"neulig: error: {answer}"
 
 
 @pytest.mark.parametrize("args", [["merge.views=-1"], ["seed=abc"], ["data.datasets=[digits]"], ["merge=nosuch"]])

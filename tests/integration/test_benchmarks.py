@@ -21,7 +21,8 @@ def load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["merge_inference", "portland_training", "finetune_throughput", "feature_extraction"])
+@pytest.mark.parametrize("name", ["merge_inference", "portland_training", "portland_setup", "finetune_throughput",
+                                  "feature_extraction"])
 def test_help_exits_zero(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
@@ -61,7 +62,15 @@ def test_portland_training_smoke(tmp_path, capsys):
     result = load("portland_training").main(
         ["--epochs", "2", "--root", str(tmp_path), "--threads", "1", *[a for o in overrides for a in ("-o", o)]])
     out = capsys.readouterr().out
-    assert "RATIO speed (b)/(a) wall:" in out
-    assert result["steps"] > 0 and result["ratio_wall"] > 0
+    assert "RATIO speed (b)/(a) wall:" in out and "RATIO step time one trainer / plain loop:" in out
+    assert result["steps"] > 0 and result["ratio_wall"] > 0 and result["step_ratio_many"] > 0
     # identical math apart from float noise: at most a few of the 4 x 64 validation images may flip
-    assert result["acc_diff"] <= 1.6
+    assert result["acc_diff"] <= 1.6 and result["acc_diff_plain"] <= 1.6
+
+
+def test_portland_setup_smoke(capsys):
+    result = load("portland_setup").main(["--experts", "3", "--scale", "0.0001", "--stacked"])
+    out = capsys.readouterr().out
+    assert "RATIO peak RSS" in out and [r[0] for r in result["rows"]] == ["streamed", "stacked"]
+    streamed, stacked = result["results"]
+    assert streamed["combinations"] == 4 and streamed["expert_bytes"] == stacked["expert_bytes"] > 0

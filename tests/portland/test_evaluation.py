@@ -1,4 +1,4 @@
-"""The Portland runner's per-batch merge: which CoopVec a batch is merged with."""
+"""Portland's evaluation: which CoopVec a test batch is merged with; the training set the runner stacks."""
 import pytest
 import torch
 from torch import nn
@@ -6,7 +6,7 @@ from torch import nn
 from neulig.data.base import DatasetSpec, LoadedDataset, TensorImages
 from neulig.merging.flat import FlatStack
 from neulig.methods.combination import Combination
-from neulig.methods.portland import merged_batch_accuracy
+from neulig.portland.evaluation import merged_batch_accuracy
 from neulig.stages.features import SplitFeatures
 from tests.methods.toys import method
 
@@ -55,7 +55,7 @@ def _accuracy_with(combo: Combination, flat: FlatStack, coeffs_per_batch: list[t
 def test_batch_is_merged_with_first_or_mean_coopvec(weights):
     combo, flat = _toy()
     betas = torch.tensor([[1.0, 0.0], [0.2, 0.8], [0.4, 0.6], [0.0, 1.0], [0.9, 0.1], [0.5, 0.5]])
-    config = method("portland", f"merge.batch_weights={weights}", "merge.eval_batch_size=3", "merge.eval_shuffle=false")
+    config = method("portland", f"merge.batch_weights={weights}", "merge.merged_batch_size=3", "merge.eval_shuffle=false")
     got = merged_batch_accuracy(combo, flat, FixedBeta(betas), "toy", config, seed=0)
     pick = (lambda rows: rows[0]) if weights == "first" else (lambda rows: rows.mean(0))
     assert got == pytest.approx(_accuracy_with(combo, flat, [pick(betas[:3]), pick(betas[3:])], 3))
@@ -68,12 +68,12 @@ def test_first_and_mean_differ_when_the_first_sample_routes_elsewhere():
     mean = _accuracy_with(combo, flat, [betas.mean(0)], 40)
     assert first != mean  # the toy can tell the two rules apart, so the test above can fail
     for rule, expected in (("first", first), ("mean", mean)):
-        config = method("portland", f"merge.batch_weights={rule}", "merge.eval_batch_size=40", "merge.eval_shuffle=false")
+        config = method("portland", f"merge.batch_weights={rule}", "merge.merged_batch_size=40", "merge.eval_shuffle=false")
         assert merged_batch_accuracy(combo, flat, FixedBeta(betas), "toy", config, seed=0) == pytest.approx(expected)
 
 
 def test_training_features_append_views_with_repeated_labels():
-    from neulig.methods.portland import training_features
+    from neulig.portland.runner import training_features
 
     combo, _ = _toy(4)
     clean, views = torch.randn(4, 2, 5), torch.randn(8, 2, 5)

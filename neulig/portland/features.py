@@ -1,4 +1,4 @@
-"""Expert features held once, and what the batched Portland trainer reads of them.
+"""Expert features held once, and what the Portland trainer reads of them.
 
 Neural Ligand (arXiv 2503.01268) trains Portland on the frozen experts' features of each input,
 z(x) = [z_1(x); ...; z_T(x)] (docs/neural_ligand.md §2, §7), which neulig computes once per
@@ -123,19 +123,22 @@ class FeatureStore:
                              f"{self.sizes[dataset] - start} rows of {self.bank.shape[-1]}, got {tuple(features.shape)}")
         target.copy_(features)
         if labels is not None:
-            if len(labels) != self.sizes[dataset]:
-                raise ValueError(f"labels of {dataset}: expected {self.sizes[dataset]}, got {len(labels)}")
-            self.label_sets[dataset] = labels.long().cpu()
+            self.put_labels(dataset, labels)
         self._written[(expert, dataset)] = self._written.get((expert, dataset), 0) + len(features)
+
+    def put_labels(self, dataset: str, labels: Tensor) -> None:
+        """The labels of all of ``dataset``'s rows (one per row: refused otherwise)."""
+        if len(labels) != self.sizes[dataset]:
+            raise ValueError(f"labels of {dataset}: expected {self.sizes[dataset]}, got {len(labels)}")
+        self.label_sets[dataset] = labels.long().cpu()
 
     def filled(self, expert: str, dataset: str) -> bool:
         """Whether every row of ``expert`` on ``dataset`` was written (once each, by :meth:`put`)."""
         return self._written.get((expert, dataset), 0) == self.sizes[dataset]
 
-    def sources(self, groups: Sequence[Sequence[str]], experts: Sequence[Sequence[str]] | None = None) -> StoreSources:
-        """Sources of combinations ``groups[c]`` (datasets); their experts are ``experts[c]`` (default:
-        the experts named as the datasets, as the pipeline names them)."""
-        return StoreSources(self, groups, groups if experts is None else experts)
+    def sources(self, groups: Sequence[Sequence[str]], experts: Sequence[Sequence[str]]) -> StoreSources:
+        """Sources of combinations ``groups[c]`` (datasets) whose experts are ``experts[c]``."""
+        return StoreSources(self, groups, experts)
 
 
 class StoreSources:

@@ -1,4 +1,5 @@
-"""Portland forward, CoopVec, L_a (reference and exact) and L_b against hand-computed values.
+"""Portland forward, CoopVec, L_a (reference and exact) and L_b against hand-computed values: the one
+loss (``neulig.portland.loss``) every training of one or many combinations uses.
 
 Setup: T = 2 experts, d = 2. z_1 = [1, 0], z_2 = [0, 1]; Portland W maps [z_1; z_2] = [1, 0, 0, 1]
 to logits [1, 2], so beta = softmax([1, 2]) = [0.268941, 0.731059]. The head is 10 * I (2 classes).
@@ -8,17 +9,25 @@ Gram [[0.5, -0.5], [-0.5, 0.5]] (normalised by its mean diagonal: [[1, -1], [-1,
 import pytest
 import torch
 
-from neulig.merging.portland import (
-    Portland,
-    ensemble_features,
-    loss_sums,
-    normalized_gram,
-    offset_statistics,
-    portland_loss,
-)
 from neulig.models.heads import head_logits
+from neulig.portland.loss import REGULARIZERS, loss_terms, normalized_gram, portland_loss
+from neulig.portland.model import Portland, ensemble_features
+from neulig.portland.statistics import offset_statistics
 
 BETA = torch.tensor([[0.2689414213699951, 0.7310585786300049]])
+
+
+def loss_sums(beta, features, head, labels, loss, regularizer, statistic):
+    """L_b and L_a summed over one dataset-pure batch of one combination (``loss_terms`` with A = 1)."""
+    groups = [(torch.tensor([0]), head[None])]
+    l_b, l_a = loss_terms(beta[None], features[None], groups, None if labels is None else labels[None], loss,
+                          regularizer, statistic[None])
+    return l_b.sum(), l_a.sum()
+
+
+def eps_and_gram(theta):
+    stats = offset_statistics([{"w": row} for row in theta])
+    return stats.eps_star.float(), stats.gram.float()
 
 
 @pytest.fixture
@@ -48,7 +57,7 @@ def test_coopvec_and_ensemble(setup):
 
 def test_offset_statistics(setup):
     *_, theta = setup
-    eps_star, gram = offset_statistics(theta)
+    eps_star, gram = eps_and_gram(theta)
     torch.testing.assert_close(eps_star, torch.tensor([-0.7071067811865476, 0.7071067811865476]))
     torch.testing.assert_close(gram, torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
 
@@ -62,7 +71,7 @@ def l_a(beta, regularizer, statistic):
 
 def test_consistency_losses(setup):
     *_, theta = setup
-    eps_star, gram = offset_statistics(theta)
+    eps_star, gram = eps_and_gram(theta)
     torch.testing.assert_close(l_a(BETA, "reference", eps_star), torch.tensor(0.10677613351703626))
     torch.testing.assert_close(normalized_gram(gram), torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
     torch.testing.assert_close(l_a(BETA, "exact", normalized_gram(gram)), torch.tensor(0.21355226703407262))
@@ -73,7 +82,7 @@ def test_consistency_losses(setup):
 
 def test_sup_and_semi_terms(setup):
     portland, features, head, theta = setup
-    eps_star, _ = offset_statistics(theta)
+    eps_star, _ = eps_and_gram(theta)
     beta = portland(features)
     sup, _ = loss_sums(beta, features, head, torch.tensor([0]), "sup", "reference", eps_star)
     semi, _ = loss_sums(beta, features, head, None, "semi", "reference", eps_star)
@@ -85,8 +94,8 @@ def test_sup_and_semi_terms(setup):
 
 def test_total_loss_is_lb_plus_la_over_scaling(setup):
     portland, features, head, theta = setup
-    eps_star, _ = offset_statistics(theta)
-    loss, parts = portland_loss(portland, features, torch.tensor([0]), head, "sup", 100.0, "reference", eps_star)
+    eps_star, _ = eps_and_gram(theta)
+    loss, parts = portland_loss(portland(features), features, torch.tensor([0]), head, "sup", 100.0, "reference", eps_star)
     torch.testing.assert_close(loss, torch.tensor(5.935149711333068 + 0.10677613351703626 / 100))
     loss.backward()
     assert portland.linear.weight.grad.abs().sum() > 0
@@ -95,10 +104,20 @@ def test_total_loss_is_lb_plus_la_over_scaling(setup):
 def test_batch_terms_are_sums_over_samples(setup):
     """Doubling a batch doubles both sums and leaves the mean loss unchanged (what DDP's split relies on)."""
     portland, features, head, theta = setup
-    eps_star, _ = offset_statistics(theta)
+    eps_star, _ = eps_and_gram(theta)
     beta = portland(features)
     one = loss_sums(beta, features, head, torch.tensor([0]), "sup", "reference", eps_star)
     two = loss_sums(beta.repeat(2, 1), features.repeat(2, 1, 1), head, torch.tensor([0, 0]), "sup", "reference",
                     eps_star)
     for a, b in zip(one, two):
         torch.testing.assert_close(2 * a, b)
+
+
+def test_each_regularizer_reads_its_statistic():
+    """``reference`` reads eps*, ``exact`` the Gram matrix over its mean diagonal (one entry each)."""
+    stats = offset_statistics([{"w": torch.tensor([0.0, 0.0])}, {"w": torch.tensor([1.0, 1.0])}])
+    torch.testing.assert_close(REGULARIZERS["reference"].statistic(stats), stats.eps_star)
+    torch.testing.assert_close(REGULARIZERS["exact"].statistic(stats), normalized_gram(stats.gram))
+    with pytest.raises(ValueError, match="regularizer"):
+        loss_terms(BETA[None], torch.zeros(1, 1, 2, 2), [(torch.tensor([0]), torch.eye(2)[None])], None, "semi",
+                   "other", stats.eps_star[None])

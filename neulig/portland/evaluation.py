@@ -1,0 +1,91 @@
+"""Evaluating a trained Portland on one combination's test splits (arXiv 2503.01268, docs/neural_ligand.md §9).
+
+The same CoopVec beta(x) combines the experts' features (``ensembled``: at ``ensemble.level``, per
+sample) and their weights (``merged``: theta(beta) = sum_t beta_t theta_t). A merge per sample would
+cost one network per image, so the merged model is evaluated at three granularities:
+``merged_batch`` (one merge per ``merge.merged_batch_size`` test images, from the batch's mean beta
+or its first sample's, the paper's protocol and the one ``acc/merged`` reports), ``merged_task`` (one
+merge per dataset, from its mean validation beta) and ``merged_global`` (one merge for all datasets).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from neulig.config.merge import PortlandMerge
+from neulig.data.base import fetch_images
+from neulig.evaluate import accuracy, ensemble_logits
+from neulig.merging.flat import FlatStack
+from neulig.methods.combination import Combination, Context
+from neulig.models.heads import head_logits
+from neulig.results import ComboResult, MergedModel
+
+LABELS = {"merged_batch": "merged per test batch", "merged_task": "one merge per dataset",
+          "merged_global": "one merge for all"}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How Portland's training ended: the selected epoch, its validation accuracy, the history."""
+
+    best_epoch: int
+    best_val_acc: float
+    history: tuple
+
+
+@torch.no_grad()
+def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: nn.Module, name: str,
+                          method: PortlandMerge, seed: int, feats: Tensor | None = None) -> float:
+    """The paper's protocol: one merged encoder per test batch from the batch's mean CoopVec
+    (``batch_weights: mean``) or its first sample's (``first``, the reference code). ``feats``: the
+    dataset's stacked test features when the caller holds them already."""
+    dataset = combination.datasets[name].test
+    feats = combination.features[name].test if feats is None else feats
+    order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+             if method.eval_shuffle else torch.arange(len(dataset)))
+    visual = combination.visual.to(combination.device).eval()
+    correct = 0
+    for start in range(0, len(order), method.merged_batch_size):
+        idx = order[start : start + method.merged_batch_size]
+        beta = portland(feats[idx].to(combination.device))
+        state = flat.combine(beta[0] if method.batch_weights == "first" else beta.mean(0))
+        images = fetch_images(dataset, idx).to(combination.device)
+        logits = head_logits(functional_call(visual, state, (images,)), combination.heads[name])
+        correct += int((logits.argmax(-1).cpu() == dataset.labels[idx]).sum())
+    return 100.0 * correct / len(order)
+
+
+@torch.no_grad()
+def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerge, context: Context,
+             fit: Fit | None = None) -> ComboResult:
+    """Ensembled accuracy (per-sample beta) and the three merge granularities, with routing diagnostics."""
+    flat = FlatStack(combination.experts, device=combination.device)
+    portland = portland.to(combination.device).eval()
+    names = combination.names
+    acc: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task")}
+    diagnostics: dict[str, dict[str, float]] = {"beta_entropy": {}, "beta_own_expert": {}}
+    val_betas = {d: portland(combination.features[d].val.to(combination.device)).cpu() for d in names}
+    global_beta = torch.cat(list(val_betas.values())).mean(0)
+    acc["merged_global"] = combination.merged_accuracy(flat.combine(global_beta.to(combination.device)), "test")
+    for t, d in enumerate(names):
+        test_feats, labels = combination.features[d].test, combination.labels(d, "test")
+        beta = portland(test_feats.to(combination.device)).cpu()
+        acc["ensembled"][d] = accuracy(ensemble_logits(test_feats, combination.heads[d], beta, context.level), labels)
+        acc["merged_batch"][d] = merged_batch_accuracy(combination, flat, portland, d, method, context.seed, test_feats)
+        task_state = flat.combine(val_betas[d].mean(0).to(combination.device))
+        acc["merged_task"][d] = combination.merged_accuracy(task_state, "test", [d])[d]
+        diagnostics["beta_entropy"][d] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
+        diagnostics["beta_own_expert"][d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
+    acc["merged"] = dict(acc["merged_batch"])
+    task_beta = {d: val_betas[d].mean(0).tolist() for d in names}  # merged_task's coefficients
+    experts = tuple(combination.experts)
+    merged = (MergedModel("merged_global", coefficients=tuple(global_beta.tolist()), experts=experts),
+              *(MergedModel(f"merged_task/{d}", coefficients=tuple(task_beta[d]), experts=experts) for d in names))
+    details = {**diagnostics, "global_beta": global_beta.tolist(), "task_beta": task_beta}
+    if fit is not None:
+        details.update(best_epoch=fit.best_epoch, best_val_ensembled=fit.best_val_acc)
+    return ComboResult(tuple(names), acc, labels=LABELS, granularity="per test batch (paper protocol)",
+                       merged=merged, details=details, history=fit.history if fit is not None else ())
