@@ -17,7 +17,7 @@ LAYERS = [
     ("stages",),
     ("methods",),
     ("recipe",),
-    ("callbacks", "run", "report", "report_seeds", "diagnose", "__init__", "__main__"),
+    ("callbacks", "run", "report", "diagnose", "__init__", "__main__"),
 ]
 
 
