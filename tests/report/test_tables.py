@@ -71,3 +71,10 @@ def test_a_metric_missing_for_one_seed_gives_no_mean():
     (table,) = seed_tables(runs)
     row = table.rows[-1]
     assert row.cells["a"][2].mean is None and row.cells["b"][2].mean == 1.0
+
+
+def test_an_option_an_older_run_never_recorded_is_unknown_not_a_default():
+    old = record(1, 50)
+    del old.options["align.method"]  # recorded before align existed
+    (table,) = run_tables([old, record(2, 51)])
+    assert [r.label for r in table.rows[1:]] == ["portland (align.method=None)", "portland (align.method=–)"]
