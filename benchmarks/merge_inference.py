@@ -1,6 +1,6 @@
 """Per-batch merged inference vs a plain forward of one expert (docs/neural_ligand.md §5, §12).
 
-The merged forward of one test batch is what ``methods.portland.merged_batch_accuracy`` runs: one GEMV
+The merged forward of one test batch is what ``portland.evaluation.merged_batch_accuracy`` runs: one GEMV
 ``coeffs @ theta`` on the FlatStack of N experts (plus BN pooling for RN50), the result viewed as a
 state dict and run with ``torch.func.functional_call`` of the visual tower on the batch. The plain
 forward is the same visual tower, holding one expert's weights, on the same batch. Experts are

@@ -89,9 +89,9 @@ def open_reporter(config):
         return None
     from neulig import __version__
     from neulig.callbacks.mlflow import MLflowReporter
+    from neulig.report.tags import run_tags
 
-    tags = {"neulig.version": __version__, "git.commit": git_commit(), "backbone": config.model.name,
-            "datasets": ",".join(config.data.datasets), "merge": config.merge.name, "merge.kind": config.merge.kind}
+    tags = {"neulig.version": __version__, "git.commit": git_commit(), **run_tags(config)}
     reporter = MLflowReporter(config.logger.tracking_uri, config.logger.experiment_name, config.run_name, tags)
     reporter.open()
     return reporter

@@ -18,7 +18,7 @@ LAYERS = [
     ("stages",),
     ("methods", "portland"),  # portland/runner, portland/evaluation (and the package's map)
     ("recipe",),
-    ("callbacks", "run", "report", "report_seeds", "diagnose", "__init__", "__main__"),
+    ("callbacks", "run", "report", "diagnose", "__init__", "__main__"),
 ]
 
 

@@ -46,6 +46,8 @@ def test_portland_then_average_reuses_experts_and_logs_contract(tiny_cfg, tmp_pa
         for key in CONTRACT + [f"gap/{d}" for d in names]:
             assert key in run.data.metrics, (run.info.run_name, key)
         assert run.data.params["merge.name"] in ("portland", "average")
+        # open_reporter tags each option with its param's text (what neulig.report reads)
+        assert run.data.tags["config.merge.name"] == run.data.params["merge.name"] and run.data.tags["config.seed"] == "0"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "results.json", "results.md"} <= artifacts
         assert ("merged.safetensors" in artifacts) == run.info.run_name.startswith("average")
