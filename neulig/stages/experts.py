@@ -83,7 +83,8 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
     product = FINETUNED.fetch(
         cache_dir, (backbone.key, data_key, recipe_key, seed),
         lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks),
-        reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert")
+        reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert",
+        label=f"the {dataset.name} expert", exclusive=trainer.devices == 1)  # DDP ranks must train together
     return Expert(dataset.name, product.tensors, product.key)
 
 

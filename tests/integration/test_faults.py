@@ -1,0 +1,72 @@
+"""The fault catalogue of runs that share a machine and a cache (issue 21): each cached stage computed
+once across processes, locks of dead processes taken over, cores shared, preempted fine-tuning resumed,
+and command-line mistakes answered in one line (those are in tests/config/test_catalogue.py)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO, assert_cache_clean
+
+FETCHER = """
+import os, sys, time
+from pathlib import Path
+import torch
+from neulig.stages.stage import CachedStage
+
+root, hold = Path(sys.argv[1]), float(sys.argv[2])
+
+def compute():
+    with open(root / "computed.txt", "a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    print("computing", flush=True)
+    time.sleep(hold)
+    return {"w": torch.arange(4.0) * 3}, {}
+
+product = CachedStage("experts", "expert", "encoder.safetensors").fetch(root / "cache", ("same",), compute,
+                                                                         label="the toy expert")
+print("result", product.tensors["w"].tolist(), flush=True)
+"""
+
+
+def _fetcher(root: Path, hold: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", FETCHER, str(root), str(hold)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _computed(root: Path) -> list[int]:
+    path = root / "computed.txt"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_concurrent_fetches_compute_once_and_the_others_wait_then_load(tmp_path):
+    procs = [_fetcher(tmp_path, 2.0) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    (owner,) = _computed(tmp_path)  # one process computed
+    assert all("result [0.0, 3.0, 6.0, 9.0]" in out for out, _ in outs)
+    waiting = [err for p, (_, err) in zip(procs, outs) if p.pid != owner]
+    assert all("waiting for the toy expert (experts/" in err and f"process {owner} on " in err for err in waiting)
+    assert_cache_clean(tmp_path / "cache")
+    assert not list((tmp_path / "cache" / "experts").glob(".*.lock"))  # released
+
+
+def test_a_killed_computing_process_is_taken_over_by_a_waiting_one(tmp_path):
+    first = _fetcher(tmp_path, 600)
+    assert first.stdout.readline().strip() == "computing"
+    second = _fetcher(tmp_path, 0.0)
+    deadline = time.time() + 60
+    while not list((tmp_path / "cache" / "experts").glob(".*.lock")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # the second one is waiting on the first's lock by now (its import takes ~2 s)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert f"process {first.pid} on " in err and "is no longer running" in err  # took the dead lock over
+    assert _computed(tmp_path) == [first.pid, second.pid]
+    assert "result [0.0, 3.0, 6.0, 9.0]" in out
+    assert_cache_clean(tmp_path / "cache")
