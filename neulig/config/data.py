@@ -1,6 +1,6 @@
 """Schema of ``conf/data/``: which datasets collaborate, how they are split and sized."""
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -23,9 +23,15 @@ class DataConfig:
     datasets: List[str] = MISSING  # the collaborating datasets, one expert each
     num_co_models: Optional[int] = None  # k < len(datasets): every k-combination, as the paper
     split_seed: int = 0
-    sizes: Optional[SplitSizes] = None
+    # a node, not null, so that `data.sizes.train=16` or `data.sizes={...}` can set it from the command line;
+    # every cap null (the default) is the same as null: the full splits
+    sizes: Optional[SplitSizes] = field(default_factory=SplitSizes)
     download: bool = False  # torchvision may fetch missing real datasets (needs internet)
     root: str = "${paths.data_dir}"  # real datasets are read from <root>/<name>
+
+    def __post_init__(self) -> None:
+        if self.sizes is not None and (self.sizes.train, self.sizes.val, self.sizes.test) == (None, None, None):
+            self.sizes = None
 
     @property
     def names(self) -> List[str]:

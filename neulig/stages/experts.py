@@ -96,6 +96,7 @@ def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: F
     from neulig.data.loaders import loader
     from neulig.lit.finetune import FinetuneModule
     from neulig.lit.trainer import trainer_kwargs
+    from neulig.utils.cores import loader_workers
 
     L.seed_everything(seed, verbose=False)
     epochs = int((recipe.epochs_per_dataset or {}).get(dataset.name, recipe.epochs))
@@ -103,7 +104,7 @@ def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: F
                         **trainer_kwargs(trainer_cfg))
     # under DDP each rank takes batch_size / world_size, so the global batch is the recipe's
     per_rank = max(1, recipe.batch_size // trainer.world_size)
-    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=recipe.num_workers)
+    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=loader_workers(recipe.num_workers))
     total_steps = epochs * math.ceil(len(dataset.train) / (per_rank * trainer.world_size))
     module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, recipe.lr, recipe.weight_decay,
                             min(recipe.warmup_steps, max(1, total_steps // 10)), total_steps,

@@ -84,6 +84,9 @@ class CachedStage:
             return None
 
     def compute(self, entry: CacheEntry, compute: Callable[[], tuple[Tensors, dict]], publish: bool) -> Cached:
+        from neulig.utils.cores import resize
+
+        resize()  # this run's share of the cores, now that the others may be waiting for this stage
         tensors, meta = compute()
         if publish:
             meta = self.publish(entry, tensors, meta)

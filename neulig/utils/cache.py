@@ -189,10 +189,11 @@ class CacheEntry:
     def computing(self, label: str) -> Iterator[bool]:
         """Wait until this process may compute the entry (True) or another process has published it
         (False); the lock ``<stage>/.<key>.lock`` is held for the block (:mod:`neulig.utils.lock`)."""
+        from neulig.utils.cores import waiting
         from neulig.utils.lock import computing_once
         from neulig.utils.log import log
 
-        with computing_once(self.dir.parent / f".{self.key}.lock", label, self.exists, log.info) as mine:
+        with computing_once(self.dir.parent / f".{self.key}.lock", label, self.exists, log.info, waiting) as mine:
             yield mine
 
     def verify(self) -> dict:

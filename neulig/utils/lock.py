@@ -23,10 +23,10 @@ import secrets
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from neulig.utils.cache import process_alive
 
@@ -147,30 +147,41 @@ class FileLock:
 
 @contextmanager
 def computing_once(path: Path, label: str, done: Callable[[], bool], say: Callable[[str], None],
-                   heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S, poll_s: float = POLL_S) -> Iterator[bool]:
+                   idle: Callable[[], ContextManager] = nullcontext, heartbeat_s: float = HEARTBEAT_S,
+                   stale_s: float = STALE_S, poll_s: float = POLL_S) -> Iterator[bool]:
     """Hold the lock ``path`` while the block computes ``label``: yields True once this process holds it,
     or False, without holding it, as soon as ``done()`` says another process has published the result.
-    ``say`` gets one line when this process starts waiting (naming the owner) and one per takeover."""
-    lock = FileLock(path, heartbeat_s, stale_s)
+    ``say`` gets one line when this process starts waiting (naming the owner) and one per takeover;
+    the waiting runs inside ``idle()``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    waited_for: Owner | None = None
-    while not lock.try_acquire():
-        if done():
-            yield False
-            return
-        owner = read_owner(lock.path)
-        if owner is None:
-            continue  # released between our two looks: try again at once
-        if owner != waited_for:
-            if waited_for is None:
-                say(f"waiting for {label}: {owner} is computing it (lock {lock.path})")
-            waited_for = owner
-        reason = lock.dead_reason(owner)
-        if reason is not None and lock.break_stale(owner):
-            say(f"taking over {label}: the lock's {reason}")
-            continue
-        time.sleep(poll_s)
+    lock = FileLock(path, heartbeat_s, stale_s)
+    mine = lock.try_acquire()
+    if not mine:
+        with idle():
+            mine = wait_for(lock, label, done, say, poll_s)
+    if not mine:
+        yield False
+        return
     try:
         yield True
     finally:
         lock.release()
+
+
+def wait_for(lock: FileLock, label: str, done: Callable[[], bool], say: Callable[[str], None], poll_s: float) -> bool:
+    """Poll until ``lock`` is ours (True) or ``done()`` (False), taking over a dead owner's lock."""
+    waited_for: Owner | None = None
+    while not done():
+        owner = read_owner(lock.path)
+        if owner is not None and owner != waited_for:
+            if waited_for is None:
+                say(f"waiting for {label}: {owner} is computing it (lock {lock.path})")
+            waited_for = owner
+        reason = lock.dead_reason(owner) if owner is not None else None
+        if reason is not None and lock.break_stale(owner):
+            say(f"taking over {label}: the lock's {reason}")
+        elif owner is not None:
+            time.sleep(poll_s)
+        if lock.try_acquire():
+            return True
+    return False

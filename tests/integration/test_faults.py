@@ -3,17 +3,22 @@ once across processes, locks of dead processes taken over, cores shared, preempt
 and command-line mistakes answered in one line (those are in tests/config/test_catalogue.py)."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, assert_cache_clean
 
 FETCHER = """
 import os, sys, time
 from pathlib import Path
+
+import pytest
 import torch
 from neulig.stages.stage import CachedStage
 
@@ -70,3 +75,57 @@ def test_a_killed_computing_process_is_taken_over_by_a_waiting_one(tmp_path):
     assert _computed(tmp_path) == [first.pid, second.pid]
     assert "result [0.0, 3.0, 6.0, 9.0]" in out
     assert_cache_clean(tmp_path / "cache")
+
+
+RUN = ["model.pretrain.steps=30", "model.pretrain.n_per_family=300", "model.pretrain.batch_size=64",
+       "data.sizes.train=160", "data.sizes.val=64", "data.sizes.test=96", "model.pretrained=null",
+       "data.datasets=[digits,shapes]", "logger=none", "merge=average"]
+
+
+def _run(root: Path, *extra: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NEULIG_RUN_DIR", None)
+    return subprocess.Popen([sys.executable, "-m", "neulig.run", *RUN, f"paths.root_dir={root}", *extra], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"), text=True)
+
+
+def _results(root: Path) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_text())["metrics"] for p in sorted((root / "outputs" / "runs").glob("*/results.json"))]
+
+
+@pytest.mark.slow
+def test_three_concurrent_identical_runs_train_each_expert_once_and_agree(tmp_path):
+    logs = [tmp_path / f"run{i}.log" for i in range(3)]
+    procs = [_run(tmp_path, "model.finetune.epochs=2", log=log) for log in logs]
+    assert [p.wait(timeout=1800) for p in procs] == [0, 0, 0], [log.read_text()[-2000:] for log in logs]
+    text = "".join(log.read_text() for log in logs)
+    for dataset in ("digits", "shapes"):
+        assert text.count(f"fine-tuning the tiny encoder on {dataset}:") == 1, text  # trained once, by one run
+    assert "waiting for the digits expert" in text or "waiting for the shapes expert" in text
+    first, *others = _results(tmp_path)
+    assert len(others) == 2 and all(other == first for other in others)
+    assert_cache_clean(tmp_path / "outputs" / "cache")
+
+
+@pytest.mark.slow
+def test_killing_the_run_that_fine_tunes_lets_another_take_over_and_finish(tmp_path):
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_run(tmp_path, "model.finetune.epochs=30", log=log) for log in logs]
+    deadline = time.time() + 900
+    victim = None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.5)
+        victim = next((p for p, log in zip(procs, logs) if "fine-tuning the tiny encoder on digits" in log.read_text()),
+                      None)
+    assert victim is not None, [log.read_text() for log in logs]
+    survivor, survivor_log = next((p, log) for p, log in zip(procs, logs) if p is not victim)
+    time.sleep(2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert survivor.wait(timeout=1800) == 0, survivor_log.read_text()[-2000:]
+    text = survivor_log.read_text()
+    assert "taking over the digits expert (experts/" in text and f"process {victim.pid} on " in text, text
+    assert "fine-tuning the tiny encoder on digits" in text and len(_results(tmp_path)) == 1
+    assert_cache_clean(tmp_path / "outputs" / "cache", allow_temp=True)  # the victim's temp dirs are never trusted
