@@ -32,7 +32,9 @@ def check_command_line(argv: list[str]) -> None:
         return
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args(argv)  # a malformed flag: argparse's usage line and exit 2, as Hydra's
+    args, unknown = get_args_parser().parse_known_args(argv)  # a malformed flag: argparse's usage, as Hydra's
+    if unknown:
+        fail(f"{unknown[0]}: an override after a flag; Hydra reads the flags first: -cn NAME key=value ...")
     if args.multirun:
         return
     from neulig.config import compose, load
