@@ -129,3 +129,41 @@ def test_killing_the_run_that_fine_tunes_lets_another_take_over_and_finish(tmp_p
     assert "taking over the digits expert (experts/" in text and f"process {victim.pid} on " in text, text
     assert "fine-tuning the tiny encoder on digits" in text and len(_results(tmp_path)) == 1
     assert_cache_clean(tmp_path / "outputs" / "cache", allow_temp=True)  # the victim's temp dirs are never trusted
+
+
+def _expert(root: Path, dataset: str) -> dict:
+    import json
+
+    from safetensors.torch import load_file
+
+    for entry in (root / "outputs" / "cache" / "experts").iterdir():
+        if not entry.name.startswith(".") and json.loads((entry / "meta.json").read_text())["dataset"] == dataset:
+            return load_file(str(entry / "encoder.safetensors"))
+    raise AssertionError(f"no {dataset} expert in {root}")
+
+
+@pytest.mark.slow
+def test_sigterm_during_fine_tuning_saves_its_state_and_the_rerun_ends_with_the_same_expert(tmp_path):
+    import torch
+
+    args = ("model.finetune.epochs=40", "data.datasets=[digits,shapes]")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _run(whole, *args, log=tmp_path / "whole.log").wait(timeout=1800) == 0
+    proc = _run(cut, *args, log=tmp_path / "cut.log")
+    deadline = time.time() + 900
+    while "fine-tuning the tiny encoder on digits" not in (tmp_path / "cut.log").read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)  # into its 80 steps
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) != 0
+    (saved,) = (cut / "outputs" / "cache" / "scratch" / "experts").glob("*/state.pt")
+    assert "stopped by SIGTERM" in (tmp_path / "cut.log").read_text()
+    assert _run(cut, *args, log=tmp_path / "rerun.log").wait(timeout=1800) == 0
+    rerun = (tmp_path / "rerun.log").read_text()
+    assert "resuming the digits expert from step " in rerun, rerun
+    assert not saved.exists()  # removed once the expert is published
+    for dataset in ("digits", "shapes"):
+        expected, got = _expert(whole, dataset), _expert(cut, dataset)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected), dataset  # identical tensors
+    assert _results(whole) == _results(cut)[-1:]
