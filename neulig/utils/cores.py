@@ -28,22 +28,24 @@ ACTIVE, WAITING = "active", "waiting"
 
 _setting: Any = AUTO  # this process's threads option while a run is registered
 _registered: Path | None = None
-_torch_default: int | None = None
 
 
 def cpu_count() -> int:
-    """The cores this process may use: its affinity mask (all cores where there is none), and no more
-    than torch's own default (physical cores, or ``OMP_NUM_THREADS``), read before neulig changes it."""
-    global _torch_default
-    if _torch_default is None:
-        import torch
-
-        _torch_default = torch.get_num_threads()
+    """The physical cores this process may run on: its affinity mask (all CPUs where there is none), one
+    per core where Linux tells which CPUs are hyperthreads of one core. ``OMP_NUM_THREADS`` is not read:
+    joblib's workers set it to ``cores // n_jobs`` whether or not the other jobs compute."""
     try:
-        allowed = len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # macOS
-        allowed = os.cpu_count() or 1
-    return max(1, min(allowed, _torch_default))
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
 
 
 def registry(folder: Path | None = None) -> Path:
@@ -118,7 +120,6 @@ def sharing(setting: Any, folder: Path | None = None) -> Iterator[int]:
     global _setting, _registered
     import torch
 
-    cpu_count()  # torch's default, read before the first change
     outer = (_setting, _registered, torch.get_num_threads())
     if _registered is not None:  # a run inside a run (a test): registered once, by the outer one
         _setting = setting
