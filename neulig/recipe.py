@@ -19,11 +19,22 @@ from neulig.utils.log import log, quiet_libraries
 
 
 def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
+    """The whole experiment, its torch threads sized to its share of the cores (``threads``,
+    ``neulig.utils.cores``): re-sized before each stage it computes and before its method runs."""
+    from neulig.utils.cores import sharing
+
+    with sharing(config.threads):
+        return experiment(config, callbacks)
+
+
+def experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     from neulig.methods.combination import Context, run_method
     from neulig.methods.resolve import resolve
+    from neulig.utils.cores import resize
 
     clock = Clock()
     products = prepare(config, callbacks, clock)
+    resize()  # the runs that waited for this one's stages compute their methods now too
     runner = resolve(config.merge.runner)
     context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
     groups = combinations(products.names, config.data.num_co_models)

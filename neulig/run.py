@@ -26,19 +26,43 @@ def fail(message: str) -> NoReturn:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Compose and check the config of a single run before Hydra starts it (a sweep checks each job)."""
+    """Compose and check the config of a single run before Hydra starts it (a sweep checks each job),
+    reading the command line as Hydra does (``-cn/--config-name``, ``-cp/--config-path``, ``-cd/--config-dir``)."""
     if any(a in HYDRA_FLAGS or a.startswith(tuple(f"{f}=" for f in HYDRA_FLAGS)) for a in argv):
         return
-    if any(a in ("-m", "--multirun") for a in argv):
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)  # a malformed flag: argparse's usage, as Hydra's
+    if unknown:
+        fail(f"{unknown[0]}: an override after a flag; Hydra reads the flags first: -cn NAME key=value ...")
+    if args.multirun:
         return
     from neulig.config import compose, load
     from neulig.config.errors import translate
 
-    overrides = [a for a in argv if not a.startswith("-")]
     try:
-        load(compose(overrides))
+        where = config_source(args.config_name, args.config_path, args.config_dir)
+        load(compose(args.overrides, **where))
     except Exception as err:  # noqa: BLE001 - every composition or check error is one line
-        fail(str(translate(err, overrides)))
+        fail(str(translate(err, args.overrides)))
+
+
+def config_source(name: str | None, path: str | None, extra: str | None) -> dict:
+    """``compose``'s config name and folders from Hydra's flags; a missing one is a ConfigError. A relative
+    ``--config-path`` is relative to this file's folder, as Hydra resolves it for ``hydra.main``."""
+    from neulig.config import ConfigError
+
+    folder = CONF_DIR if path is None else (Path(__file__).parent / path).resolve()
+    for flag, given in (("--config-path", folder), ("--config-dir", extra)):
+        if given is not None and not Path(given).expanduser().is_dir():
+            raise ConfigError(flag, given, "an existing folder of configs")
+    name = name or "config"
+    folders = [Path(extra).expanduser()] if extra else []
+    if not any((f / f"{name.removesuffix('.yaml')}.yaml").is_file() for f in [*folders, folder]):
+        found = sorted({p.stem for f in [*folders, folder] for p in f.glob("*.yaml")})
+        raise ConfigError("--config-name", name, f"a config of {', '.join(map(str, [*folders, folder]))}: "
+                          f"{', '.join(found) or 'none there'}")
+    return {"config_name": name, "config_dir": folder, "extra_dir": Path(extra).expanduser() if extra else None}
 
 
 def preflight(config) -> None:

@@ -47,15 +47,70 @@ def register() -> None:
     _registered = True
 
 
-def compose(overrides: list[str]) -> Any:
+def compose(overrides: list[str], config_name: str = "config", config_dir: str | Path | None = None,
+            extra_dir: str | Path | None = None) -> Any:
     """The CLI's composed config (a DictConfig, not yet checked: :func:`load` checks it) with ``overrides``,
-    for entry points other than ``python -m neulig.run``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    as ``python -m neulig.run`` composes it: ``config_name`` (``--config-name``) from ``config_dir``
+    (``--config-path``, default conf/), with ``extra_dir`` (``--config-dir``) searched first."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    search_path = create_config_search_path(str(Path(config_dir or CONF_DIR).resolve()))
+    if extra_dir is not None:
+        search_path.prepend(provider="command-line", path=f"file://{Path(extra_dir).resolve()}",
+                            anchor=SearchPathQuery(provider="schema"))
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2(task_name="neulig", config_search_path=search_path)
+        try:
+            cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        except (AssertionError, AttributeError) as err:  # OmegaConf setting a field of a null node
+            if "NoneType" not in str(err):
+                raise
+            raise null_parent_error(hydra, config_name, overrides) or err from None
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def null_parent_error(hydra: Any, config_name: str, overrides: list[str]) -> ConfigError | None:
+    """The override that sets a field inside a node that is null in this config (``model.pretrain.steps=3``
+    with ``model=vit_b32``), found by composing without such overrides; None when none is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    dotted = [o for o in parsed if "." in o.key_or_group and not o.is_delete()]
+    base = hydra.compose_config(config_name, [o.input_line for o in parsed if o not in dotted], run_mode=RunMode.RUN,
+                                with_log_configuration=False)
+    for override in dotted:
+        parts = override.key_or_group.split(".")
+        for end in range(1, len(parts) + 1):
+            parent = ".".join(parts[:end])
+            if OmegaConf.select(base, parent, throw_on_missing=False) is None and parent in _set_keys(base, parts[:end]):
+                what = f"it has no {parts[end]} to set" if end < len(parts) else "it takes no mapping from the command line"
+                return ConfigError(override.key_or_group, override.value(), f"{parent} is null in this config, so "
+                                   f"{what} (set {parent} in its group's yaml first)")
+    return None
+
+
+def _set_keys(cfg: Any, parts: list[str]) -> set[str]:
+    """``{".".join(parts)}`` when that node exists (even as null) in ``cfg``, else an empty set."""
+    node = cfg
+    for part in parts[:-1]:
+        node = node.get(part) if node is not None else None
+    return {".".join(parts)} if node is not None and parts[-1] in node else set()
 
 
 def load(cfg: Any) -> Config:

@@ -1,6 +1,6 @@
 """Schema of ``conf/data/``: which datasets collaborate, how they are split and sized."""
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -23,7 +23,9 @@ class DataConfig:
     datasets: List[str] = MISSING  # the collaborating datasets, one expert each
     num_co_models: Optional[int] = None  # k < len(datasets): every k-combination, as the paper
     split_seed: int = 0
-    sizes: Optional[SplitSizes] = None
+    # a node, not null, so that `data.sizes.train=16` or `data.sizes={...}` can set it from the command line;
+    # every cap null (the default) is the same as null: the full splits
+    sizes: Optional[SplitSizes] = field(default_factory=SplitSizes)
     # fetch missing real datasets (the hub, or torchvision); false forbids it, as HF_HUB_OFFLINE=1 does
     download: bool = True
     # where real datasets come from: auto (files already there, else the hub, else torchvision), torchvision
@@ -33,6 +35,10 @@ class DataConfig:
     # DataLoader worker processes decoding real images (feature extraction, evaluation, validation);
     # in-memory generated datasets are batched in the main process
     num_workers: int = option(4, low=0)
+
+    def __post_init__(self) -> None:
+        if self.sizes is not None and (self.sizes.train, self.sizes.val, self.sizes.test) == (None, None, None):
+            self.sizes = None
 
     @property
     def names(self) -> List[str]:

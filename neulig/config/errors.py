@@ -39,8 +39,9 @@ def _override(err: BaseException, overrides: Sequence[str]) -> tuple[str, str] |
 
 
 def _cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None and not _is_omegaconf(err):
-        err = err.__cause__
+    """The first OmegaConf error under ``err`` (Hydra chains some as causes, some only as context)."""
+    while not _is_omegaconf(err) and (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
     return err
 
 

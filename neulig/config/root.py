@@ -1,6 +1,7 @@
 """Schema of ``conf/config.yaml``: the groups of one experiment and the options outside any group."""
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -48,8 +49,12 @@ class Config:
     save_format: str = option(MISSING, choices=("open_clip", "hf"))  # safetensors files, or Hugging Face folders
     feature_dtype: str = option(MISSING, choices=("float32", "float16"))  # cached expert features, held once
     progress: str = option(MISSING, choices=("auto", "on", "off"))  # progress bars on stderr
+    threads: Any = MISSING  # torch threads: auto (this run's share of the cores, neulig/utils/cores.py) or a count
 
     def check(self, prefix: str) -> None:
+        if self.threads != "auto" and (type(self.threads) is not int or self.threads < 1):
+            raise ConfigError("threads", self.threads, "auto (a share of the cores by the runs computing on this "
+                              "machine) or an integer >= 1")
         if not OBJECTIVE.match(self.objective):
             raise ConfigError("objective", self.objective, "a metric key such as acc/merged/avg or gap/avg")
         for name in self.model.experts or {}:

@@ -24,11 +24,14 @@ def loader_options(dataset: Dataset, batch_size: int, num_workers: int = 0, devi
 
 
 def loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
-           device: torch.device | None = None, persistent: bool | None = None) -> DataLoader:
+           device: torch.device | None = None, persistent: bool | None = None, sampler=None) -> DataLoader:
     """A loader in a fixed order (one evaluation pass), or a seeded shuffle (training); its workers persist
     between epochs when ``persistent`` (default: when shuffled; a validation loader that a Trainer
-    iterates every epoch asks for it too). :func:`loader_options` says how batches are made."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    iterates every epoch asks for it too). A ``sampler`` with a ``generator``
+    (``lit.preemption.ResumableSampler``) replaces the seeded shuffle. Every loader draws its workers' base
+    seed from its own generator, never from torch's global one, so that evaluating (a validation epoch)
+    never moves the random stream of training (dropout). :func:`loader_options` says how batches are made."""
+    generator = sampler.generator if sampler is not None else torch.Generator().manual_seed(seed)
     keep = shuffle if persistent is None else persistent
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      **loader_options(dataset, batch_size, num_workers, device, persistent=keep))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      generator=generator, **loader_options(dataset, batch_size, num_workers, device, persistent=keep))

@@ -107,9 +107,11 @@ def generated(name: str, gen_seed: int, size: int, wanted: int, cache_dir: str |
 
     entry = CacheEntry(cache_dir, "datasets", config_hash("dataset", name, gen_seed, size, wanted, GENERATOR_VERSION))
     if entry.load_meta() is None:
-        images, labels = BUILDERS[name](gen_seed, size, wanted)
-        entry.publish(lambda tmp: (save_file({"images": images, "labels": labels}, str(tmp / "data.safetensors")),
-                                   {"stage": "datasets", "name": name})[1])
+        with entry.computing(f"the {name} images (datasets/{entry.key})"):
+            if entry.load_meta() is None:  # not published while this process waited
+                images, labels = BUILDERS[name](gen_seed, size, wanted)
+                entry.publish(lambda tmp: (save_file({"images": images, "labels": labels},
+                                                     str(tmp / "data.safetensors")), {"stage": "datasets", "name": name})[1])
     data = load_file(str(entry.dir / "data.safetensors"))
     return data["images"], data["labels"]
 

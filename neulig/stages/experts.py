@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,10 +85,13 @@ def finetune_expert(backbone: Backbone, dataset: LoadedDataset, head: Tensor, da
     """Fine-tune the image encoder on ``dataset`` with its frozen head (FinetuneModule), cached;
     ``eval_batch_size`` (``eval.batch_size``, speed only: not in the cache key) batches its validation."""
     recipe_key = {k: v for k, v in asdict(recipe).items() if k not in SPEED_KNOBS}
+    parts = (backbone.key, data_key, recipe_key, seed, numerics_key(trainer))
     product = FINETUNED.fetch(
-        cache_dir, (backbone.key, data_key, recipe_key, seed, numerics_key(trainer)),
-        lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks, eval_batch_size),
-        reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert")
+        cache_dir, parts,
+        lambda: finetune(backbone, dataset, head, recipe, trainer, seed, callbacks, eval_batch_size,
+                         scratch=Path(cache_dir) / "scratch" / FINETUNED.folder / FINETUNED.key(*parts)),
+        reference=backbone.visual.state_dict(), rebuild=f"retraining the {dataset.name} expert",
+        label=f"the {dataset.name} expert", exclusive=trainer.devices == 1)  # DDP ranks must train together
     return Expert(dataset.name, product.tensors, product.key)
 
 
@@ -99,21 +103,35 @@ def numerics_key(trainer: TrainerConfig) -> dict:
 
 
 def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: FinetuneConfig,
-             trainer_cfg: TrainerConfig, seed: int, callbacks: list, eval_batch_size: int) -> tuple[StateDict, dict]:
-    """One fine-tuning run: AdamW, warm-up + cosine, gradient clipping (the paper's recipe shape)."""
+             trainer_cfg: TrainerConfig, seed: int, callbacks: list, eval_batch_size: int,
+             scratch: Path | None = None) -> tuple[StateDict, dict]:
+    """One fine-tuning run: AdamW, warm-up + cosine, gradient clipping (the paper's recipe shape). On one
+    device it is preemption-safe: a SIGTERM saves its state in ``scratch``, where the rerun resumes
+    (``lit.preemption``)."""
     import lightning as L
+    import torch
 
     from neulig.data.loaders import loader
     from neulig.lit.finetune import FinetuneModule
+    from neulig.lit.preemption import Preemption, ResumableSampler, deferred_sigterm, load_state
     from neulig.lit.trainer import trainer_kwargs
+    from neulig.utils.cores import loader_workers
 
     L.seed_everything(seed, verbose=False)
     epochs = int((recipe.epochs_per_dataset or {}).get(dataset.name, recipe.epochs))
-    trainer = L.Trainer(max_epochs=epochs, gradient_clip_val=recipe.grad_clip, callbacks=list(callbacks),
-                        **trainer_kwargs(trainer_cfg))
+    scratch = scratch if trainer_cfg.devices == 1 else None  # DDP ranks are not resumed one by one
+    saved = load_state(scratch) if scratch is not None else None
+    preemption = []
+    if scratch is not None:
+        sampler = ResumableSampler(len(dataset.train), torch.Generator().manual_seed(seed),
+                                   *((saved["sampler"], saved["batches"] * recipe.batch_size) if saved else ()))
+        preemption = [Preemption(scratch, sampler, recipe.batch_size, saved)]
+    trainer = L.Trainer(max_epochs=epochs - (saved["epoch"] if saved else 0), gradient_clip_val=recipe.grad_clip,
+                        callbacks=[*callbacks, *preemption], **trainer_kwargs(trainer_cfg))
     # under DDP each rank takes batch_size / world_size, so the global batch is the recipe's
     per_rank = max(1, recipe.batch_size // trainer.world_size)
-    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=recipe.num_workers)
+    train_loader = loader(dataset.train, per_rank, shuffle=True, seed=seed, num_workers=loader_workers(recipe.num_workers),
+                          sampler=preemption[0].sampler if preemption else None)
     total_steps = epochs * math.ceil(len(dataset.train) / (per_rank * trainer.world_size))
     module = FinetuneModule(copy.deepcopy(backbone.visual).train(), head, recipe.lr, recipe.weight_decay,
                             min(recipe.warmup_steps, max(1, total_steps // 10)), total_steps,
@@ -121,18 +139,38 @@ def finetune(backbone: Backbone, dataset: LoadedDataset, head: Tensor, recipe: F
                             channels_last=recipe.channels_last)
     start = time.time()
     log.info(f"fine-tuning the {backbone.name} encoder on {dataset.name}: {epochs} epochs, {total_steps} steps")
+    if saved:
+        module.encoder.load_state_dict(saved["encoder"])
+        log.info(f"resuming the {dataset.name} expert from step {saved['step']} (state saved in {scratch})")
     try:
-        trainer.fit(module, train_loader, loader(dataset.val, eval_batch_size, num_workers=recipe.num_workers,
-                                                 persistent=True))
+        with deferred_sigterm():
+            val_loader = loader(dataset.val, eval_batch_size, num_workers=loader_workers(recipe.num_workers),
+                                persistent=True)
+            fit(trainer, module, train_loader, val_loader, dataset.name, scratch)
     except RuntimeError as err:  # e.g. an lr beyond float range makes AdamW's update overflow
         if "overflow" not in str(err):
             raise
         raise NeuligError(f"fine-tuning on {dataset.name} overflowed ({err}); lower model.finetune.lr "
                           f"(now {recipe.lr})") from err
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}  # NCHW if channels_last
     meta = {"dataset": dataset.name, "epochs": epochs, "steps": total_steps, "seconds": time.time() - start,
             "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
     return state, meta
+
+
+def fit(trainer, module, train_loader, val_loader, name: str, scratch: Path | None) -> None:
+    """``trainer.fit``; a SIGTERM ends it at a step's end, with its state saved in ``scratch``."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if trainer.max_epochs <= 0:  # stopped after its last step: nothing left to train
+        return
+    try:
+        trainer.fit(module, train_loader, val_loader)
+    except SIGTERMException:
+        log.warning(f"fine-tuning on {name} stopped by SIGTERM" + (f"; its state is in {scratch}, where a rerun "
+                                                                 "resumes" if scratch is not None else ""))
 
 
 def prepare_experts(config, backbones: dict, origins: dict, datasets: dict[str, LoadedDataset],

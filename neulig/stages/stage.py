@@ -46,24 +46,49 @@ class CachedStage:
         return config_hash(self.tag, *parts)
 
     def fetch(self, cache_dir: str | Path, parts: tuple, compute: Callable[[], tuple[Tensors, dict]],
-              reference: Tensors | None = None, rebuild: str | None = None) -> Cached:
+              reference: Tensors | None = None, rebuild: str | None = None, label: str | None = None,
+              exclusive: bool = True) -> Cached:
         """The product keyed by ``parts``: loaded when cached, else ``compute() -> (tensors, meta)`` once
         and published. With ``reference`` the loaded tensors must have its keys, shapes and dtypes; a
         verified entry of another layout is rebuilt rather than trusted. ``rebuild`` overrides what the
-        warning about a rejected entry says happens instead."""
+        warning about a rejected entry says happens instead.
+
+        Across processes sharing the cache, one computes while the others wait on the entry's lock
+        (saying once for ``label``, default the folder and key, which process they wait for) and then
+        load its result; a lock of a dead process is taken over (:mod:`neulig.utils.lock`).
+        ``exclusive=False`` computes without the lock: a DDP run whose rank 0 waited while the other
+        ranks trained would hang."""
         rebuild = rebuild or self.rebuild
         entry = CacheEntry(Path(cache_dir), self.folder, self.key(*parts))
-        meta = entry.load_meta(rebuild=rebuild)
-        if meta is not None:
-            try:
-                return Cached(load_state(entry.dir / self.file, reference), entry.key, meta)
-            except NeuligError as err:
-                log.warning(f"{err}; {rebuild}")
-                import shutil
+        cached = self.load(entry, reference, rebuild)
+        if cached is not None:
+            return cached
+        if not (exclusive and is_rank_zero()):  # a DDP child computes what rank 0 computes, and leaves the writing to it
+            return self.compute(entry, compute, publish=is_rank_zero())
+        with entry.computing(f"{label or self.folder} ({self.folder}/{entry.key})"):
+            # published while we waited, or just before we took the lock: loaded; else computed here
+            return self.load(entry, reference, rebuild) or self.compute(entry, compute, publish=True)
 
-                shutil.rmtree(entry.dir, ignore_errors=True)
+    def load(self, entry: CacheEntry, reference: Tensors | None, rebuild: str) -> Cached | None:
+        """The verified entry, or None when it is absent or rejected (a rejected one is removed)."""
+        meta = entry.load_meta(rebuild=rebuild)
+        if meta is None:
+            return None
+        try:
+            return Cached(load_state(entry.dir / self.file, reference), entry.key, meta)
+        except NeuligError as err:
+            log.warning(f"{err}; {rebuild}")
+            import shutil
+
+            shutil.rmtree(entry.dir, ignore_errors=True)
+            return None
+
+    def compute(self, entry: CacheEntry, compute: Callable[[], tuple[Tensors, dict]], publish: bool) -> Cached:
+        from neulig.utils.cores import resize
+
+        resize()  # this run's share of the cores, now that the others may be waiting for this stage
         tensors, meta = compute()
-        if is_rank_zero():  # a DDP child computes what rank 0 computes, and leaves the writing to it
+        if publish:
             meta = self.publish(entry, tensors, meta)
         return Cached(tensors, entry.key, meta)
 

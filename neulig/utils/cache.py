@@ -185,6 +185,17 @@ class CacheEntry:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
+    @contextmanager
+    def computing(self, label: str) -> Iterator[bool]:
+        """Wait until this process may compute the entry (True) or another process has published it
+        (False); the lock ``<stage>/.<key>.lock`` is held for the block (:mod:`neulig.utils.lock`)."""
+        from neulig.utils.cores import waiting
+        from neulig.utils.lock import computing_once
+        from neulig.utils.log import log
+
+        with computing_once(self.dir.parent / f".{self.key}.lock", label, self.exists, log.info, waiting) as mine:
+            yield mine
+
     def verify(self) -> dict:
         """Return the entry's metadata after checking every recorded file hash."""
         try:

@@ -93,6 +93,16 @@ CASES = [
     (["trainer.strategy=horovod"], "trainer.strategy"), (["trainer.deterministic=maybe"], "trainer.deterministic"),
     (["logger=nosuch"], "logger"), (["logger.enabled=maybe"], "logger.enabled"),
     (["logger.tracking_uri=null"], "logger.tracking_uri"), (["+experiment=nosuch"], "experiment"),
+    (["threads=0"], "threads"), (["threads=many"], "threads"),
+    # Hydra's flags, read by the pre-check as Hydra reads them
+    (["-cn", "nosuch"], "--config-name"), (["--config-name=nosuch"], "--config-name"),
+    (["-cp", "/nonexistent/conf"], "--config-path"), (["-cd", "/nonexistent/conf"], "--config-dir"),
+    (["-cn", "config", "merge=nosuch"], "merge"),  # an override after a flag, which Hydra would refuse
+    # fields of a group whose default is null
+    (["data=ta8", "data.sizes.trian=16"], "data.sizes.trian"), (["data=ta8", "data.sizes.train=0"], "data.sizes.train"),
+    (["data=ta8", "data.sizes={train:abc}"], "data.sizes.train"),
+    (["model=vit_b32", "model.pretrain.steps=3"], "model.pretrain.steps"),
+    (["model=vit_b32", "model.pretrain={steps:3}"], "model.pretrain"),
 ]
 LINE = re.compile(r"neulig: error: (?P<option>[^=\s]+)=(?P<value>.*?): (?P<allowed>.+)")
 
@@ -169,3 +179,30 @@ def test_real_process_answers_in_seconds_without_importing_torch(args, tmp_path)
     assert "torch" not in imported and "lightning" not in imported
     assert elapsed < 30
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_pre_check_composes_the_config_named_by_hydras_flags(tmp_path, monkeypatch, capsys):
+    from neulig.run import check_command_line
+
+    extends = "defaults:\n  - config\n  - _self_\n\nseed: {}\n"
+    (tmp_path / "bad.yaml").write_text(extends.format("abc"))
+    (tmp_path / "good.yaml").write_text(extends.format(7))
+    code, stderr = run_main(["-cd", str(tmp_path), "-cn", "bad"], monkeypatch, capsys)
+    assert code == 2 and stderr.strip() == "neulig: error: seed=abc: an integer"  # bad.yaml was checked, not config
+    check_command_line(["-cd", str(tmp_path), "--config-name=good", "merge=average"])  # accepted
+    check_command_line(["-cp", str(REPO / "conf"), "-cn", "config"])
+    from neulig.config import compose, load
+
+    assert load(compose([], config_name="good", extra_dir=tmp_path)).seed == 7
+
+
+def test_fields_of_a_null_defaulted_group_are_set_from_the_command_line():
+    from neulig.config import compose, load
+    from neulig.run import check_command_line
+
+    for args in (["data=ta8", "data.sizes.train=16"], ["data=ta8", "data.sizes={train:16,val:8,test:8}"]):
+        check_command_line(args)
+        sizes = load(compose(args)).data.sizes
+        assert sizes.train == 16 and (sizes.val, sizes.test) in ((None, None), (8, 8))
+    assert load(compose(["data=ta8"])).data.sizes is None  # no cap given: the full splits, as before
+    assert load(compose(["data=ta8", "data.sizes=null"])).data.sizes is None
