@@ -151,11 +151,7 @@ def open_client(uri: str):
     if uri.startswith(("http://", "https://")):
         reachable(uri)
     import logging
-    import os
 
-    # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes); a report should not
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from mlflow.tracking import MlflowClient
@@ -420,6 +416,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--over-seeds", action="store_true",
                    help="one row per experiment (runs whose config differs only in seed): per dataset the mean "
                         "over seeds, for Avg mean ± sd, and the seeds (markdown only)")
+    p.add_argument("--upload", metavar="RUN_DIR",
+                   help="send a run's record that its MLflow store could not take (RUN_DIR/mlflow_record.json) "
+                        "to that store, or to --tracking-uri; sending it twice creates nothing new")
     p.add_argument("--decimals", type=int, metavar="N",
                    help="digits after the decimal point (default: 2 for markdown, full precision for csv)")
     return p
@@ -456,6 +455,11 @@ def report(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--upload" or a.startswith("--upload=") for a in argv):
+        from neulig.tracking.upload import main as upload
+
+        return upload(argv)
     args = parser().parse_args(argv)
     if args.decimals is not None and not 0 <= args.decimals <= 17:
         fail(f"--decimals must be between 0 and 17, got {args.decimals}")
@@ -464,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
              "and --granularities")
     if args.scatter is not None and args.scatter.suffix.lower() != ".png":
         fail(f"--scatter must name a .png file, got {str(args.scatter)!r}")
+    from neulig.tracking.http import REPORT, policy
+
     try:
-        text = report(args)
+        with policy(REPORT):  # MLflow's own default retries a failing request for minutes
+            text = report(args)
     except ReportError as err:
         fail(str(err))
     sys.stdout.write(text)
