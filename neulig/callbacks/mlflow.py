@@ -57,7 +57,6 @@ class MLflowReporter(L.Callback):
         this host left RUNNING by a process that is gone are marked KILLED, in one line."""
         import logging
 
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         from neulig.tracking.liveness import process_tags, reap, reaped_line
@@ -68,7 +67,6 @@ class MLflowReporter(L.Callback):
         self.record.tags.update(process_tags())
         try:
             with http.policy(http.CHECK), self.store_lock():  # parallel jobs must not race on schema creation
-                mlflow.set_tracking_uri(self.tracking_uri)
                 self.client = MlflowClient(self.tracking_uri)
                 experiment = self.client.get_experiment_by_name(self.experiment_name)
                 experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(

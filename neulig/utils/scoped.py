@@ -29,7 +29,7 @@ def environ(**values: str | None) -> Iterator[None]:
 @contextmanager
 def random_state() -> Iterator[None]:
     """The global random generators (torch's CPU generator, Python's ``random``, NumPy's legacy one) and
-    Lightning's ``PL_GLOBAL_SEED`` as they were before the block. A run seeds them for itself
+    Lightning's ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS`` as they were before the block. A run seeds them for itself
     (``L.seed_everything``); the next job of a sweep in the same process then starts from the same state as
     the first. CUDA generators are the device's own and are left alone."""
     import random
@@ -39,7 +39,7 @@ def random_state() -> Iterator[None]:
 
     states = torch.get_rng_state(), random.getstate(), np.random.get_state()
     try:
-        with environ(PL_GLOBAL_SEED=os.environ.get("PL_GLOBAL_SEED")):
+        with environ(**{name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}):
             yield
     finally:
         torch.set_rng_state(states[0])
