@@ -13,7 +13,7 @@ LAYERS = [
     ("errors", "utils", "data/catalog", "data/classnames"),
     ("config",),
     ("merging", "alignment", "models", "data", "evaluate"),
-    ("lit", "results", "plots"),
+    ("lit", "results", "plots", "tracking"),
     ("stages",),
     ("methods",),
     ("recipe",),
