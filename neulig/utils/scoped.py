@@ -6,6 +6,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+def put(name: str, value: str | None) -> None:
+    """Set ``name`` to ``value``, or remove it for None."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextmanager
 def environ(**values: str | None) -> Iterator[None]:
     """Set (or, for None, remove) environment variables for the block; restore each one's previous
@@ -13,17 +21,11 @@ def environ(**values: str | None) -> Iterator[None]:
     before = {name: os.environ.get(name) for name in values}
     try:
         for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            put(name, value)
         yield
     finally:
         for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            put(name, value)
 
 
 @contextmanager
