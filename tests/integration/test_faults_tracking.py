@@ -349,3 +349,17 @@ def test_a_cli_run_survives_a_server_restart(server, tmp_path):
     (recorded,) = runs_of(server.url, "neulig-restart")
     assert recorded.info.status == "FINISHED" and "acc/merged/avg" in recorded.data.metrics
     assert not list(tmp_path.glob("outputs/runs/*/mlflow_record.json"))
+
+
+def test_a_server_unreachable_at_the_start_is_one_line_and_leaves_no_setting_behind():
+    from neulig.callbacks.mlflow import MLflowReporter
+    from neulig.errors import NeuligError
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    with pytest.raises(NeuligError) as caught:
+        MLflowReporter(url, EXPERIMENT, "never").open()  # the start-up check takes no retry
+    message = str(caught.value)
+    assert message.startswith(f"MLflow tracking store '{url}' is unreachable (") and "\n" not in message
+    assert message.endswith("fix logger.tracking_uri or use logger=none")
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == before
