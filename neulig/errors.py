@@ -10,3 +10,9 @@ def unreadable(what: str, err: BaseException, hint: str) -> NeuligError:
     <hint>``. Every reader's failure (truncation, corruption, a foreign format) means the same to the user."""
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return NeuligError(f"{what} cannot be read ({type(err).__name__}: {reason}); {hint}")
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """``<Type>: <first line of the message>`` (the line cut at ``limit`` characters), or the type alone."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:limit]}" if text else type(err).__name__

@@ -10,8 +10,8 @@ any heavy import, cache write or MLflow run (in a sweep, that job alone is skipp
 """
 from __future__ import annotations
 
-import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -84,39 +84,55 @@ def preflight(config) -> None:
 
 
 def execute(config, config_yaml: str, run_dir: Path) -> dict:
-    """Run the recipe, write the run's files, record it in MLflow; returns the results.json record."""
+    """Run the recipe, write the run's files, record it in MLflow; returns the results.json record.
+
+    Once the MLflow run is open, every way out ends it: FINISHED, FAILED (an error, during the experiment or
+    after it: the table, the files, the report) or KILLED (SIGINT, SIGTERM; see neulig.utils.signals)."""
     from neulig.recipe import run_experiment
     from neulig.utils.log import is_rank_zero
 
     if not is_rank_zero():  # a DDP child re-runs the recipe for its share of training; rank 0 reports
         run_experiment(config)
         return {}
-    reporter = open_reporter(config)
-    try:
+    reporter = open_reporter(config, run_dir)
+    with ends_run(reporter):
         result = run_experiment(config, callbacks=callbacks(config, reporter))
-    except BaseException:
+        record, text = result.record(config.run_name), table(config, result)
+        files = write_outputs(config, config_yaml, run_dir, result, record, text)
         if reporter:
-            reporter.fail()
-        raise
-    record, text = result.record(config.run_name), table(config, result)
-    files = write_outputs(config, config_yaml, run_dir, result, record, text)
-    if reporter:
-        reporter.report(config, result, files, run_dir)
+            reporter.report(config, result, files, run_dir)
     print(f"\n{config.run_name}  (accuracy %, gap = |Ens. - Mer.|)\n{text}\n")
     print("\n".join(summary_lines(config.run_name, run_dir, list(files), config.logger)))
     return record
 
 
-def open_reporter(config):
+@contextmanager
+def ends_run(reporter):
+    """End ``reporter``'s MLflow run on any way out of the block: KILLED for an interruption (also one that
+    a library turned into another exception), FAILED with the error otherwise."""
+    from neulig.utils.signals import Interrupted, received
+
+    try:
+        yield
+    except BaseException as err:
+        if reporter:
+            interrupted = isinstance(err, (Interrupted, KeyboardInterrupt)) or received() is not None
+            reporter.end("KILLED" if interrupted else "FAILED", err)
+        raise
+
+
+def open_reporter(config, run_dir: Path | None = None):
     """The run's MLflow reporter (None with logger=none); an unreachable store fails in seconds."""
     if not config.logger.enabled:
         return None
     from neulig import __version__
     from neulig.callbacks.mlflow import MLflowReporter
     from neulig.report.tags import run_tags
+    from neulig.tracking.http import run_policy
 
     tags = {"neulig.version": __version__, "git.commit": git_commit(), **run_tags(config)}
-    reporter = MLflowReporter(config.logger.tracking_uri, config.logger.experiment_name, config.run_name, tags)
+    reporter = MLflowReporter(config.logger.tracking_uri, config.logger.experiment_name, config.run_name, tags,
+                              run_dir, run_policy(config.logger))
     reporter.open()
     return reporter
 
@@ -210,15 +226,17 @@ def job(dcfg) -> float | None:
 
     from neulig.config import ConfigError, load
     from neulig.errors import NeuligError
+    from neulig.utils.scoped import random_state
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    os.environ.setdefault("NEULIG_RUN_DIR", str(run_dir))  # a Lightning DDP child reuses rank 0's run dir
     try:
-        config = load(dcfg)
-        preflight(config)
-        record = execute(config, OmegaConf.to_yaml(dcfg), run_dir)
+        with isolated(run_dir):
+            config = load(dcfg)
+            preflight(config)
+            with random_state():
+                record = execute(config, OmegaConf.to_yaml(dcfg), run_dir)
     except (ConfigError, NeuligError) as err:
         if multirun:  # one failed job must not stop the sweep
             print(f"neulig: error in job {hydra_cfg.job.num}: {err}", file=sys.stderr)
@@ -242,14 +260,35 @@ def job(dcfg) -> float | None:
     return objective
 
 
+@contextmanager
+def isolated(run_dir: Path):
+    """One job's process state, undone when it ends, so the next job of a sweep in this process sees none
+    of it: ``NEULIG_RUN_DIR`` (a Lightning DDP child, started during the job, reuses rank 0's run dir
+    through it), warning filters, and SIGINT/SIGTERM raising ``Interrupted`` (neulig.utils.signals). The
+    random generators are restored around the run itself (``utils.scoped.random_state``), once the config
+    is known to be good (it imports torch)."""
+    import warnings
+
+    from neulig.utils.scoped import environ
+    from neulig.utils.signals import interruptible
+
+    with environ(NEULIG_RUN_DIR=str(run_dir)), warnings.catch_warnings(), interruptible():
+        yield
+
+
 def main() -> None:
     from neulig.config import register
+    from neulig.utils.signals import Interrupted
 
     register()
     check_command_line(sys.argv[1:])
     import hydra
 
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(job)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(job)()
+    except Interrupted as stop:  # Ctrl-C, or SIGTERM (Slurm's preemption): the MLflow run is already KILLED
+        print(f"neulig: interrupted by {stop.name}; stopped", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ LAYERS = [
     ("config",),
     ("merging", "alignment", "models", "data", "evaluate",
      "portland/model", "portland/statistics", "portland/loss", "portland/features"),
-    ("lit", "results", "plots", "portland/training"),
+    ("lit", "results", "plots", "tracking", "portland/training"),
     ("stages",),
     ("methods", "portland"),  # portland/runner, portland/evaluation (and the package's map)
     ("recipe",),

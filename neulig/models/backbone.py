@@ -27,14 +27,18 @@ def register_shipped_configs() -> None:
 
 
 def create_clip(arch: str, weights: Path | None = None, seed: int = 0) -> nn.Module:
-    """Build an open_clip CLIP model; load ``weights`` (a local state-dict file) when given."""
+    """Build an open_clip CLIP model; load ``weights`` (a local state-dict file) when given.
+
+    The random initialisation is drawn from torch's CPU generator seeded with ``seed`` inside
+    ``torch.random.fork_rng``: the same model for the same seed, and the caller's RNG state untouched."""
     from neulig.models.openclip import open_clip
 
     register_shipped_configs()
     if arch not in open_clip.list_models():
         raise NeuligError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-    torch.manual_seed(seed)
-    model = open_clip.create_model(arch, pretrained=str(weights) if weights else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(arch, pretrained=str(weights) if weights else None)
     return model.eval()
 
 

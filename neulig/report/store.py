@@ -85,11 +85,7 @@ def open_client(uri: str):
     if uri.startswith(("http://", "https://")):
         reachable(uri)
     import logging
-    import os
 
-    # MLflow retries a failing HTTP request 7 times with exponential backoff (minutes); a report should not
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from mlflow.tracking import MlflowClient

@@ -34,11 +34,13 @@ def quiet_lightning() -> None:
 
 
 def quiet_libraries() -> None:
-    """No warning spam on a normal run: Lightning's banners and tips are not news to our users."""
+    """No warning spam on a normal run: Lightning's banners and tips are not news to our users.
+
+    Only these known messages are silenced (a new FutureWarning is news); ``python -m neulig.run`` undoes the
+    filters when its job ends (``run.isolated``)."""
     import warnings
 
     quiet_lightning()  # again before every Trainer: a later first import of lightning resets the levels
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")  # trainer=cpu is a choice
