@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,15 +88,20 @@ def in_child(bench: R.Bench, plan: R.Plan, args, timeout: float) -> R.Summary:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--root", str(args.root),
                "--threads", str(args.threads), "--worker", bench.name, "--argv", json.dumps(list(plan.argv)),
                "--result", str(result)]
-        with errors.open("w") as stderr:
+        with errors.open("w") as stderr:  # its own process group: a timeout ends its children too (make, runs)
+            child = subprocess.Popen(cmd, cwd=REPO, stderr=stderr, start_new_session=True)
             try:
-                done = subprocess.run(cmd, cwd=REPO, stderr=stderr, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"timed out after {timeout:.0f} s") from None
-        if done.returncode:
+                code = child.wait(timeout=timeout)
+            except BaseException as err:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                if isinstance(err, subprocess.TimeoutExpired):
+                    raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+                raise
+        if code:
             lines = [line for line in errors.read_text().splitlines() if line.strip()]
             sys.stderr.write("\n".join(lines[-20:]) + "\n")
-            raise RuntimeError(lines[-1] if lines else f"exit status {done.returncode}")
+            raise RuntimeError(lines[-1] if lines else f"exit status {code}")
         data = json.loads(result.read_text())
         data["contenders"] = tuple(tuple(c) for c in data["contenders"])
         return R.Summary(**data)

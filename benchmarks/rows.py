@@ -53,10 +53,8 @@ class Row:
 
     @classmethod
     def of(cls, name: str, summary: Summary, plan: Plan, command: str, seconds: float) -> Row:
-        if summary.extrapolated:
-            status = f"extrapolated ({summary.extrapolated})"
-        else:
-            status = f"measured (reduced: {plan.cut})" if plan.cut else "measured"
+        notes = "; ".join(n for n in (summary.extrapolated, f"reduced: {plan.cut}" if plan.cut else "") if n)
+        status = ("extrapolated" if summary.extrapolated else "measured") + (f" ({notes})" if notes else "")
         return cls(name, summary.figure, summary.contenders, summary.ratio, summary.ratio_of, summary.goal,
                    summary.met, status, command, seconds)
 
@@ -184,10 +182,10 @@ def stage_plans(c: Context) -> list[Plan]:
     device = ("--device", "cuda") if c.device == "cuda" else ()
     base = (*device, *c.thread_args())
     if c.device == "cuda":
-        return [Plan(base, 150), Plan((*base, "--measure", "1", "20"), 60, "1 and 20 epochs run"),
-                Plan((*base, "--measure", "1", "5"), 35, "1 and 5 epochs run")]
-    return [Plan((*base, "--measure", "1", "3"), 240, "1 and 3 epochs run"),
-            Plan((*base, "--measure", "1", "2"), 200, "1 and 2 epochs run")]
+        return [Plan(base, 150), Plan((*base, "--measure", "1", "20"), 60), Plan((*base, "--measure", "1", "5"), 35)]
+    # float16 features on cpu: the float32 store of paper7's features (11.6 GB) does not fit a small machine
+    base = (*base, "--store-dtype", "float16", "--measure", "1", "2")
+    return [Plan(base, 300, "float16 features"), Plan((*base, "--scale", "0.1"), 40, "float16, a tenth of the split sizes")]
 
 
 def stage_summary(r: dict, c: Context) -> Summary:
@@ -200,7 +198,7 @@ def stage_summary(r: dict, c: Context) -> Summary:
     return Summary(f"paper5 ({r['rows']:,} train rows, d={r['dim']}, {r['views']} views), {r['epochs']} epochs: "
                    f"{r['seconds']:.1f} s", parts, None, "", goal,
                    r["seconds"] <= 60 if c.device == "cuda" else None,
-                   "" if r["measured"] else f"from runs of {' and '.join(map(str, r['measure']))} epochs, linear in epochs")
+                   "" if r["measured"] else f"to {r['epochs']} epochs from runs of {r['measure'][0]} and {r['measure'][1]}")
 
 
 STAGE = Bench("portland_stage", "portland_stage",
@@ -219,8 +217,8 @@ def study_plans(c: Context) -> list[Plan]:
         base = ("--device", "cuda", "--epochs", "2", *c.thread_args())
         return [Plan((*base, "--limit", "2"), 200), Plan((*base, "--limit", "1"), 120, "1 combination per k")]
     base = ("--epochs", "1", *c.thread_args())
-    return [Plan((*base, "--scale", "0.25", "--limit", "2"), 100, "a quarter of the split sizes"),
-            Plan((*base, "--scale", "0.1", "--limit", "1"), 50, "a tenth of the split sizes")]
+    return [Plan((*base, "--scale", "0.1", "--limit", "2"), 100, "a tenth of the split sizes"),
+            Plan((*base, "--scale", "0.05", "--limit", "1"), 50, "a twentieth of the split sizes")]
 
 
 def study_summary(r: dict, c: Context) -> Summary:
@@ -316,7 +314,8 @@ EXTRACTION = Bench("feature_extraction", "feature_extraction",
 def alignment_plans(c: Context) -> list[Plan]:
     base = ("--arch", "vit_b32", *c.thread_args())
     return [Plan(base, 60 if c.device == "cuda" else 110),
-            Plan((*base, "--images", "16", "--max-sweeps", "3"), 40, "16 images, 3 sweeps")]
+            Plan((*base, "--images", "16", "--max-sweeps", "3"), 40, "16 images, 3 sweeps"),
+            Plan((*base, "--images", "8", "--max-sweeps", "2"), 20, "8 images, 2 sweeps")]
 
 
 def alignment_summary(r: dict, c: Context) -> Summary:
@@ -342,7 +341,9 @@ def make_run_summary(r: dict, c: Context) -> Summary:
 
 
 MAKE_RUN = Bench("make_run", "make_run", "`make run` cold (empty paths.root_dir) and warm, as subprocesses",
-                 lambda c: [Plan(("--root", rel(c.root / "embedded")), 240)],
+                 lambda c: [Plan(("--root", rel(c.root / "embedded")), 400),
+                            Plan(("--root", rel(c.root / "embedded"), "-o", "merge.global_epochs=20"), 150,
+                                 "merge.global_epochs=20, not 200")],
                  lambda c: Plan(("--root", str(c.root / "embedded"), "--via", "python",
                                  *overrides(*TINY_RUN, "logger=none")), 25),
                  make_run_summary, devices=("cpu",))
