@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         per_epoch = fixed = float("nan")
         seconds = walls[0]
     else:
-        per_epoch = (walls[1] - walls[0]) / (measure[1] - measure[0])
+        # a difference below the timing noise (tiny sizes) would extrapolate to less than was run: 0 then
+        per_epoch = max(0.0, (walls[1] - walls[0]) / (measure[1] - measure[0]))
         fixed = walls[0] - per_epoch * measure[0]
         seconds = fixed + per_epoch * args.epochs
     paper = study.paper7(args.scale, args.views, args.dim, 128, 1, args.eval_every, 0)

@@ -293,18 +293,29 @@ FINETUNE = [
 
 
 def extraction_summary(r: dict, c: Context) -> Summary:
-    ips = r["images_per_s"]
-    ours, plain = ips["neulig"], ips["plain"]
-    target = r.get("target")
-    return Summary(f"neulig {ours:.0f} img/s", tuple((n, f"{v:.0f} img/s") for n, v in ips.items()), ours / plain,
-                   "neulig / plain DataLoader loop", f">= {target:g}x" if target else "-",
-                   ours / plain >= target if target else None)
+    ips = r["images_per_s"]  # open_clip_plain, and neulig over files and over parquet
+    plain = ips["open_clip_plain"]
+    worst = min((n for n in ips if n != "open_clip_plain"), key=lambda n: ips[n])
+    ratio = ips[worst] / plain
+    return Summary(f"slowest neulig path ({worst}) at {x(ratio)} the plain loop",
+                   tuple((n, f"{v:.0f} img/s") for n, v in ips.items()), ratio, f"{worst} / open_clip_plain",
+                   ">= 0.95x", ratio >= 0.95)
+
+
+def extraction_plans(c: Context) -> list[Plan]:
+    if c.device == "cuda":
+        base = ("--device", "cuda", "--workers", "8", "--batch", "256")
+        return [Plan((*base, "--images", "2048"), 60), Plan((*base, "--images", "512", "--repeats", "1"), 25,
+                                                            "512 images, 1 repeat")]
+    base = ("--device", "cpu", *c.thread_args())
+    return [Plan(base, 90), Plan((*base, "--images", "64", "--repeats", "1"), 30, "64 images, 1 repeat")]
 
 
 EXTRACTION = Bench("feature_extraction", "feature_extraction",
-                   "feature extraction images/s vs a plain DataLoader loop",
-                   lambda c: [Plan(("--device", c.device), 60)],
-                   lambda c: Plan(("--device", c.device), 10),
+                   "feature extraction images/s (ViT-B/32, JPEGs at real sizes) vs a plain DataLoader loop",
+                   extraction_plans,
+                   lambda c: Plan(("--model", "tiny", "--images", "8", "--batch", "4", "--repeats", "1",
+                                   "--device", "cpu"), 10),
                    extraction_summary, optional=True)
 
 
