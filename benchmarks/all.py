@@ -140,7 +140,7 @@ def run_rows(benches: list[R.Bench], args, context: R.Context) -> list[R.Row]:
             if args.in_process:
                 summary = summarise(bench, list(plan.argv), context)
             else:
-                summary = in_child(bench, plan, args, timeout=max(3 * plan.seconds, 120.0))
+                summary = in_child(bench, plan, args, timeout=max(5 * plan.seconds, 600.0))  # a hang, not a slow machine
             row = R.Row.of(bench.name, summary, plan, command, time.perf_counter() - start)
         except (Exception, SystemExit) as err:  # noqa: BLE001 - a failed row is reported, the others still run
             row = R.Row.empty(bench.name, f"failed ({str(err) or type(err).__name__})", command,
