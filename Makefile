@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: help venv run test test-full lint ui clean
+.PHONY: help venv run test test-full lint ui bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ ui: $(STAMP)  ## MLflow UI on the project's store at http://127.0.0.1:5000 (Ctrl
 	@mkdir -p outputs
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db \
 		--host 127.0.0.1 --port $(or $(PORT),5000) --workers 1
+
+bench: $(STAMP)  ## every performance figure at a size for the device (benchmarks/all.py); ARGS='--device cpu --budget 300'
+	$(PY) benchmarks/all.py $(ARGS)
 
 clean:  ## remove outputs (cache, runs, MLflow store)
 	rm -rf outputs multirun

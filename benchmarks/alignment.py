@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"SECONDS activations={phases['activations']:.2f} matching={phases['matching']:.2f} "
           f"refinement={phases['refinement']:.2f} permuting={phases['permuting']:.2f} total={result.seconds:.2f} "
           f"(wall {wall:.2f})")
-    return {"phases": phases, "seconds": result.seconds, "sweeps": result.sweeps[0], "similarity": mean_sim}
+    return {"arch": args.arch, "method": args.method, "phases": phases, "seconds": result.seconds,
+            "sweeps": result.sweeps[0], "similarity": mean_sim}
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ def adamw(encoder: nn.Module, lr: float, weight_decay: float) -> torch.optim.Opt
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def tf32_settings() -> dict[str, object]:
+    """torch's TF32 switches as they stand (the plain_fp32 baseline and neulig run under them)."""
+    return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 class strict_fp32:
     """Context: no TF32 in cuDNN convolutions or CUDA matmuls (restored on exit)."""
 
@@ -214,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"finetune_throughput: model={args.model} ({backbone.arch}, random init), batch={batch}, image={size}px, "
           f"device={C.device_name(device)}, steps={args.steps} after {args.warmup} warm-up; "
           f"neulig knobs: compile={k['compile']}, channels_last={k['channels_last']} (CUDA only)")
+    tf32 = tf32_settings()
+    print("TF32 settings: " + ", ".join(f"{key}={value}" for key, value in tf32.items())
+          + " (plain_fp32_strict turns both off)")
     seconds = {}
     for name in variants:
         if name == "neulig":
@@ -243,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "neulig" in seconds and "plain_bf16_compile" in seconds:
         print(f"neulig / plain_bf16_compile images/s: {seconds['plain_bf16_compile'] / seconds['neulig']:.2f}")
     return {"model": args.model, "device": str(device), "batch": batch, "seconds_per_step": seconds,
-            "images_per_s": {n: batch / s for n, s in seconds.items()}, "ratios": ratios}
+            "images_per_s": {n: batch / s for n, s in seconds.items()}, "ratios": ratios, "tf32": tf32,
+            "target": TARGETS.get(args.model) if device.type == "cuda" else None}
 
 
 if __name__ == "__main__":
