@@ -243,7 +243,7 @@ class PortlandMerge(MergeConfig):
     RENAMED = {"alignment": "loss", "eval_batch_size": "merged_batch_size"}  # earlier names: the error names the new key
 
     loss: str = option(MISSING, choices=("sup", "semi"))  # L_b: cross-entropy, or prediction entropy
-    regularizer: str = option(MISSING, choices=("reference", "exact"))  # L_a
+    regularizer: str = option(MISSING, choices=("reference", "exact", "variance"))  # L_a
     offsets_over: str = option(MISSING, choices=("all", "params"))
     scaling: float = positive()  # L_a weight = 1 / scaling
     lr: float = positive()

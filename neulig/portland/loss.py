@@ -7,8 +7,11 @@ implementation for one combination and for many.
   experts' offsets (``statistic``) and its per-sample term. ``reference``: (beta . eps*)^2 with eps*_t
   the across-model z-score (unbiased std) of the coordinate sum of theta_t - mean_u theta_u (the
   reference code); ``exact``: beta^T G beta, G_uv = <eps_u, eps_v> the Gram matrix of the offsets,
-  normalised by its mean diagonal so that ``scaling`` means the same for any model size. Adding a
-  regulariser is one entry of :data:`REGULARIZERS`.
+  normalised by its mean diagonal so that ``scaling`` means the same for any model size; ``variance``:
+  the beta-weighted variance of the checkpoints, Var_beta(theta) = sum_t beta_t ||theta_t - theta_beta||^2
+  = beta . diag(G) - beta^T G beta, the leading term of the merge-versus-ensemble gap under isotropic
+  curvature (docs/neural_ligand.md §13), with the same normalisation (1 at uniform beta, 0 at a one-hot
+  beta). Adding a regulariser is one entry of :data:`REGULARIZERS`.
 
 Terms are per sample ([A, B] for A combinations of B rows each), so that padding rows (a short last
 batch) weigh zero and data-parallel ranks can divide their sums by the global batch size.
@@ -40,11 +43,23 @@ def normalized_gram(gram: Tensor) -> Tensor:
     return gram / gram.diagonal().mean().clamp_min(1e-30)
 
 
+def quadratic_form(beta: Tensor, gram: Tensor) -> Tensor:
+    """beta^T G beta per sample: beta [A, B, T], G [A, T, T] -> [A, B]."""
+    return torch.einsum("abt,atu,abu->ab", beta, gram, beta)
+
+
+def beta_variance(beta: Tensor, gram: Tensor) -> Tensor:
+    """Var_beta(theta) = beta . diag(G) - beta^T G beta per sample (beta [A, B, T], G [A, T, T] -> [A, B]):
+    sum_t beta_t ||theta_t - theta_beta||^2 for any offsets eps_t = theta_t - m with Gram matrix G, since the
+    spread about the merged point theta_beta does not depend on m (docs/neural_ligand.md §13)."""
+    return torch.einsum("abt,at->ab", beta, gram.diagonal(dim1=-2, dim2=-1)) - quadratic_form(beta, gram)
+
+
 REGULARIZERS: dict[str, Regularizer] = {
     "reference": Regularizer(lambda stats: stats.eps_star,
                              lambda beta, eps: torch.bmm(beta, eps.unsqueeze(-1)).squeeze(-1) ** 2),
-    "exact": Regularizer(lambda stats: normalized_gram(stats.gram),
-                         lambda beta, gram: torch.einsum("abt,atu,abu->ab", beta, gram, beta)),
+    "exact": Regularizer(lambda stats: normalized_gram(stats.gram), quadratic_form),
+    "variance": Regularizer(lambda stats: normalized_gram(stats.gram), beta_variance),
 }
 
 

@@ -1,0 +1,92 @@
+"""The ``variance`` regulariser (docs/neural_ligand.md §13) against hand-computed values, and the
+identity it rests on: on a quadratic model the merge-versus-ensemble gap is exactly
+-1/2 sum_t beta_t (theta_t - theta_beta)^T H (theta_t - theta_beta), which is -c/2 Var_beta(theta) for H = c I.
+"""
+import pytest
+import torch
+
+from neulig.portland.loss import REGULARIZERS, beta_variance, loss_terms, normalized_gram, quadratic_form
+from neulig.portland.statistics import offset_statistics
+
+
+def variance_of(beta: list[float], thetas: list[list[float]], normalise: bool = True) -> float:
+    """The regulariser's value for one CoopVec, computed from the pipeline's own offset statistics."""
+    stats = offset_statistics([{"w": torch.tensor(t, dtype=torch.float64)} for t in thetas])
+    gram = normalized_gram(stats.gram) if normalise else stats.gram
+    return float(beta_variance(torch.tensor([[beta]], dtype=torch.float64), gram[None]))
+
+
+@pytest.mark.parametrize("b", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_two_experts_variance_is_4b_one_minus_b(b):
+    # theta_1 = (0, 0), theta_2 = (2, 0): offsets from the mean -/+(1, 0), G = [[1, -1], [-1, 1]] (mean diagonal 1);
+    # theta_beta = (2(1 - b), 0), so Var = b * 4(1 - b)^2 + (1 - b) * 4 b^2 = 4 b (1 - b)
+    assert variance_of([b, 1 - b], [[0.0, 0.0], [2.0, 0.0]]) == pytest.approx(4 * b * (1 - b), abs=1e-12)
+
+
+def test_three_unit_experts():
+    # theta_t = e_t in R^3: G = I - 11^T/3, mean diagonal 2/3; Var = 1 - ||beta||^2, normalised 1.5 (1 - ||beta||^2)
+    thetas = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]
+    assert variance_of([0.5, 0.3, 0.2], thetas) == pytest.approx(1.5 * (1 - 0.38), abs=1e-12)
+    assert variance_of([0.5, 0.3, 0.2], thetas, normalise=False) == pytest.approx(1 - 0.38, abs=1e-12)
+    assert variance_of([1 / 3] * 3, thetas) == pytest.approx(1.0, abs=1e-12)  # 1 at uniform beta: scale-free
+    assert variance_of([0.0, 1.0, 0.0], thetas) == pytest.approx(0.0, abs=1e-12)  # 0 at a vertex
+
+
+def test_variance_plus_exact_is_the_spread_about_the_mean():
+    # beta . diag(G) = Var_beta + ||theta_beta - mean||^2: `variance` and `exact` split the same spread
+    torch.manual_seed(0)
+    thetas = torch.randn(4, 7, dtype=torch.float64)
+    gram = offset_statistics([{"w": t} for t in thetas]).gram[None]
+    beta = torch.softmax(torch.randn(1, 5, 4, dtype=torch.float64), -1)
+    spread = torch.einsum("abt,at->ab", beta, gram.diagonal(dim1=-2, dim2=-1))
+    torch.testing.assert_close(beta_variance(beta, gram) + quadratic_form(beta, gram), spread)
+    merged = beta[0] @ thetas  # [B, P]
+    direct = (beta[0][:, :, None] * (thetas[None] - merged[:, None]) ** 2).sum((1, 2))
+    torch.testing.assert_close(beta_variance(beta, gram)[0], direct)
+
+
+def test_second_order_gap_on_a_quadratic_model_is_exact():
+    """f(theta) = 1/2 theta^T A theta + b^T theta + c: f(theta_beta) - sum_t beta_t f(theta_t) equals
+    -1/2 sum_t beta_t delta_t^T A delta_t (the first-order terms cancel), and -c/2 Var_beta for A = c I."""
+    torch.manual_seed(1)
+    p, t = 6, 3
+    thetas = torch.randn(t, p, dtype=torch.float64)
+    beta = torch.softmax(torch.randn(t, dtype=torch.float64), 0)
+    merged = beta @ thetas
+    b, c0 = torch.randn(p, dtype=torch.float64), 0.7
+    root = torch.randn(p, p, dtype=torch.float64)
+    for curvature in (root @ root.t(), 2.5 * torch.eye(p, dtype=torch.float64)):
+        def f(theta, a=curvature):
+            return 0.5 * theta @ a @ theta + b @ theta + c0
+
+        gap = f(merged) - sum(beta[i] * f(thetas[i]) for i in range(t))
+        deltas = thetas - merged
+        assert float(gap) == pytest.approx(float(-0.5 * sum(beta[i] * deltas[i] @ curvature @ deltas[i] for i in range(t))),
+                                           rel=1e-10)
+    gram = offset_statistics([{"w": row} for row in thetas]).gram
+    variance = beta_variance(beta[None, None], gram[None]).item()
+    assert float(gap) == pytest.approx(-0.5 * 2.5 * variance, rel=1e-10)  # the last curvature: A = 2.5 I
+
+
+def test_variance_pushes_beta_to_a_vertex_where_exact_pushes_it_to_the_centre():
+    thetas = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    gram = normalized_gram(offset_statistics([{"w": row} for row in thetas]).gram.float())[None]
+    logits = torch.tensor([[[0.3, -0.2]]], requires_grad=True)
+    for name, moves_apart in (("variance", True), ("exact", False)):
+        rule = REGULARIZERS[name]
+        value = rule.term(torch.softmax(logits, -1), gram)
+        (grad,) = torch.autograd.grad(value.sum(), logits)
+        step = logits.detach() - grad  # one gradient step on L_a alone
+        spread_before = (logits[0, 0, 0] - logits[0, 0, 1]).abs().item()
+        spread_after = (step[0, 0, 0] - step[0, 0, 1]).abs().item()
+        assert (spread_after > spread_before) is moves_apart, name
+
+
+def test_variance_is_a_term_of_the_one_loss():
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    beta = torch.tensor([[0.25, 0.75]])
+    thetas = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    gram = normalized_gram(offset_statistics([{"w": row} for row in thetas]).gram.float())
+    groups = [(torch.tensor([0]), 10 * torch.eye(2)[None])]
+    _, l_a = loss_terms(beta[None], features[None], groups, torch.tensor([[1]]), "sup", "variance", gram[None])
+    assert l_a.item() == pytest.approx(4 * 0.25 * 0.75, abs=1e-6)
