@@ -21,6 +21,7 @@ from neulig.evaluate import accuracy, ensemble_logits
 from neulig.merging.flat import FlatStack
 from neulig.methods.combination import Combination, Context
 from neulig.models.heads import head_logits
+from neulig.portland.loss import beta_variance, normalized_gram
 from neulig.results import ComboResult, MergedModel
 
 LABELS = {"merged_batch": "merged per test batch", "merged_task": "one merge per dataset",
@@ -58,34 +59,58 @@ def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: n
     return 100.0 * correct / len(order)
 
 
+def routing_diagnostics(betas: dict[str, Tensor], names: tuple[str, ...], gram: Tensor | None) -> dict[str, float]:
+    """How Portland routes each dataset's test inputs (betas [N, T] per dataset, expert t = dataset t):
+    ``beta/own_weight/<d>`` the mean weight on the input's own expert, ``beta/entropy/<d>`` the mean
+    entropy of beta (nats), and with the experts' offset Gram matrix ``beta/spread/<d>`` the beta-variance
+    of the checkpoints at the dataset's mean beta, normalised as ``regularizer=variance`` (1 at uniform
+    beta, 0 at one expert; the merge-versus-ensemble gap's second-order term, docs/neural_ligand.md §13);
+    each also as ``avg`` over the datasets."""
+    out: dict[str, float] = {}
+    for t, d in enumerate(names):
+        beta = betas[d].double()
+        out[f"beta/own_weight/{d}"] = float(beta[:, t].mean())
+        out[f"beta/entropy/{d}"] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
+        if gram is not None:
+            spread = beta_variance(beta.mean(0)[None, None], normalized_gram(gram.double())[None])
+            out[f"beta/spread/{d}"] = float(spread)
+    for key in {k.rsplit("/", 1)[0] for k in out}:
+        out[f"{key}/avg"] = sum(out[f"{key}/{d}"] for d in names) / len(names)
+    return out
+
+
 @torch.no_grad()
 def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerge, context: Context,
-             fit: Fit | None = None) -> ComboResult:
-    """Ensembled accuracy (per-sample beta) and the three merge granularities, with routing diagnostics."""
+             fit: Fit | None = None, gram: Tensor | None = None) -> ComboResult:
+    """Ensembled accuracy (per-sample beta) and the three merge granularities, with routing diagnostics
+    (:func:`routing_diagnostics`; ``gram``: the experts' offset Gram matrix, for the spread)."""
     flat = FlatStack(combination.experts, device=combination.device)
     portland = portland.to(combination.device).eval()
     names = combination.names
     acc: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task")}
-    diagnostics: dict[str, dict[str, float]] = {"beta_entropy": {}, "beta_own_expert": {}}
+    own_argmax: dict[str, float] = {}
+    test_betas: dict[str, Tensor] = {}
     val_betas = {d: portland(combination.features[d].val.to(combination.device)).cpu() for d in names}
     global_beta = torch.cat(list(val_betas.values())).mean(0)
     acc["merged_global"] = combination.merged_accuracy(flat.combine(global_beta.to(combination.device)), "test")
     for t, d in enumerate(names):
         test_feats, labels = combination.features[d].test, combination.labels(d, "test")
-        beta = portland(test_feats.to(combination.device)).cpu()
+        beta = test_betas[d] = portland(test_feats.to(combination.device)).cpu()
         acc["ensembled"][d] = accuracy(ensemble_logits(test_feats, combination.heads[d], beta, context.level), labels)
         acc["merged_batch"][d] = merged_batch_accuracy(combination, flat, portland, d, method, context.seed, test_feats)
         task_state = flat.combine(val_betas[d].mean(0).to(combination.device))
         acc["merged_task"][d] = combination.merged_accuracy(task_state, "test", [d])[d]
-        diagnostics["beta_entropy"][d] = float(-(beta * beta.clamp_min(1e-12).log()).sum(-1).mean())
-        diagnostics["beta_own_expert"][d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
+        own_argmax[d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
     acc["merged"] = dict(acc["merged_batch"])
     task_beta = {d: val_betas[d].mean(0).tolist() for d in names}  # merged_task's coefficients
     experts = tuple(combination.experts)
     merged = (MergedModel("merged_global", coefficients=tuple(global_beta.tolist()), experts=experts),
               *(MergedModel(f"merged_task/{d}", coefficients=tuple(task_beta[d]), experts=experts) for d in names))
-    details = {**diagnostics, "global_beta": global_beta.tolist(), "task_beta": task_beta}
+    routing = routing_diagnostics(test_betas, tuple(names), gram)
+    details = {"beta_entropy": {d: routing[f"beta/entropy/{d}"] for d in names}, "beta_own_expert": own_argmax,
+               "global_beta": global_beta.tolist(), "task_beta": task_beta}
     if fit is not None:
         details.update(best_epoch=fit.best_epoch, best_val_ensembled=fit.best_val_acc)
     return ComboResult(tuple(names), acc, labels=LABELS, granularity="per test batch (paper protocol)",
-                       merged=merged, details=details, history=fit.history if fit is not None else ())
+                       merged=merged, details=details, history=fit.history if fit is not None else (),
+                       diagnostics=routing)

@@ -62,12 +62,13 @@ def run_many(combinations: list[Combination], method: PortlandMerge, context: Co
     """Every combination trained at once by the one trainer (``training.fit``: each keeps its own
     parameters, optimiser state, initialisation and seeded batch order, so each equals training it
     alone), then each evaluated on its test splits."""
-    fits = fit(combo_inputs(combinations, method.offsets_over), sources_of(combinations, "train"),
-               sources_of(combinations, "val"), method, context.seed, context.level, context.trainer, context.callbacks)
+    inputs = combo_inputs(combinations, method.offsets_over)
+    fits = fit(inputs, sources_of(combinations, "train"), sources_of(combinations, "val"), method, context.seed,
+               context.level, context.trainer, context.callbacks)
     results = []
-    for combination, result in zip(combinations, fits):
+    for combination, result, combo in zip(combinations, fits, inputs):
         portland = Portland(len(combination.names), result.state["linear.weight"].shape[1] // len(combination.names))
         portland.load_state_dict(result.state)
         results.append(evaluate(combination, portland, method, context,
-                                Fit(result.best_epoch, result.best_val_acc, result.history)))
+                                Fit(result.best_epoch, result.best_val_acc, result.history), combo.stats.gram))
     return results

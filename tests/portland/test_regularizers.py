@@ -90,3 +90,18 @@ def test_variance_is_a_term_of_the_one_loss():
     groups = [(torch.tensor([0]), 10 * torch.eye(2)[None])]
     _, l_a = loss_terms(beta[None], features[None], groups, torch.tensor([[1]]), "sup", "variance", gram[None])
     assert l_a.item() == pytest.approx(4 * 0.25 * 0.75, abs=1e-6)
+
+
+def test_routing_diagnostics_by_hand():
+    from neulig.portland.evaluation import routing_diagnostics
+
+    # two datasets, expert t belongs to dataset t; experts theta_1 = (0, 0), theta_2 = (2, 0) (normalised G as above)
+    gram = offset_statistics([{"w": torch.tensor([0.0, 0.0])}, {"w": torch.tensor([2.0, 0.0])}]).gram
+    betas = {"a": torch.tensor([[0.9, 0.1], [0.7, 0.3]]), "b": torch.tensor([[0.5, 0.5], [0.5, 0.5]])}
+    out = routing_diagnostics(betas, ("a", "b"), gram)
+    assert out["beta/own_weight/a"] == pytest.approx(0.8) and out["beta/own_weight/b"] == pytest.approx(0.5)
+    assert out["beta/spread/a"] == pytest.approx(4 * 0.8 * 0.2)  # at the mean beta (0.8, 0.2): 4 b (1 - b)
+    assert out["beta/spread/b"] == pytest.approx(1.0)  # uniform: the whole spread
+    assert out["beta/entropy/b"] == pytest.approx(float(torch.log(torch.tensor(2.0))))
+    assert out["beta/own_weight/avg"] == pytest.approx(0.65) and out["beta/spread/avg"] == pytest.approx((0.64 + 1) / 2)
+    assert not any(k.startswith("beta/spread") for k in routing_diagnostics(betas, ("a", "b"), None))
