@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from neulig.report.store import ReportError
+from neulig.report.store import ReportError, RunRecord
 
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
 PROG = "python -m neulig.report"
@@ -114,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def selected_runs(args: argparse.Namespace) -> list:
+def selected_runs(args: argparse.Namespace) -> list[RunRecord]:
     """The runs the options select (newest first); a ReportError when none."""
     from neulig.report.store import load_runs, open_client, pick_experiments
     from neulig.report.tables import keep_latest
