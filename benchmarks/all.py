@@ -89,7 +89,8 @@ def in_child(bench: R.Bench, plan: R.Plan, args, timeout: float) -> R.Summary:
                "--threads", str(args.threads), "--worker", bench.name, "--argv", json.dumps(list(plan.argv)),
                "--result", str(result)]
         with errors.open("w") as stderr:  # its own process group: a timeout ends its children too (make, runs)
-            child = subprocess.Popen(cmd, cwd=REPO, stderr=stderr, start_new_session=True)
+            child = subprocess.Popen(cmd, cwd=REPO, stderr=stderr, start_new_session=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they come
             try:
                 code = child.wait(timeout=timeout)
             except BaseException as err:
