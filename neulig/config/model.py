@@ -96,7 +96,7 @@ class ModelConfig:
 
     def check_hub_names(self, prefix: str) -> None:
         """Every ``hf://`` value names a repository ``<org>/<name>``."""
-        from neulig.models.hub import is_hub, syntax_problem
+        from neulig.config.hub_names import is_hub, syntax_problem
 
         named = {f"{prefix}weights": self.weights, f"{prefix}experts_dir": self.experts_dir,
                  **{f"{prefix}experts.{d}": p for d, p in (self.experts or {}).items()}}

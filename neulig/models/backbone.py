@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from neulig.errors import NeuligError
+from neulig.merging.state_dict import StateDict, under_prefix
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -62,3 +63,17 @@ def create_quietly(arch: str, weights: Path | None, seed: int) -> nn.Module:
     """:func:`create_clip` without open_clip's warning about a random init."""
     with quiet_open_clip():
         return create_clip(arch, weights, seed)
+
+def clip_layout(arch: str) -> StateDict:
+    """The CLIP state dict of ``arch`` as meta tensors: keys, shapes and dtypes, built in milliseconds
+    without memory or initialisation (to check a checkpoint before anything runs)."""
+    from neulig.models.openclip import open_clip
+
+    register_shipped_configs()
+    with quiet_open_clip(), torch.device("meta"):
+        return open_clip.create_model(arch, device="meta").state_dict()
+
+
+def encoder_layout(arch: str) -> StateDict:
+    """The image encoder's part of :func:`clip_layout` (``visual.`` removed)."""
+    return under_prefix(clip_layout(arch), "visual.")

@@ -7,36 +7,22 @@ is allowed (``model.download``, default true) and ``HF_HUB_OFFLINE`` is unset is
 writes every file to an ``.incomplete`` blob and links it into the snapshot only when complete, so an
 interrupted download publishes nothing and the next run resumes it.
 
-Syntax checks (:func:`hub_repo`, :func:`syntax_problem`) are string-only: the config schema uses them
-before any heavy import. huggingface_hub is imported late.
+Names (``hf://<org>/<name>``) are parsed by :mod:`neulig.config.hub_names`, string-only, so the config
+schema checks them before any heavy import. huggingface_hub is imported late.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-HF_SCHEME = "hf://"
-_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # the files neulig reads from a Hugging Face CLIP folder (safetensors preferred, torch files as fall-back)
 MODEL_FILES = ("*.json", "*.safetensors")
 TORCH_MODEL_FILES = ("*.json", "*.bin")
 
 
-def is_hub(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(HF_SCHEME)
 
 
-def syntax_problem(value: str) -> str | None:
-    """Why ``value`` (``hf://...``) is not a hub repository name, or None."""
-    repo = value[len(HF_SCHEME):]
-    if _REPO.fullmatch(repo) and ".." not in repo:
-        return None
-    return f"hf://<org>/<name>, e.g. hf://openai/clip-vit-base-patch32 (got {repo!r} after hf://)"
 
 
-def hub_repo(value: str) -> str:
-    """The repository id ``<org>/<name>`` of ``hf://<org>/<name>``."""
-    return value[len(HF_SCHEME):]
 
 
 def offline() -> bool:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from neulig.config.hub_names import hub_repo, is_hub
 from neulig.config.model import ModelConfig
 from neulig.models.expert_sources import dataset_name
-from neulig.models.hub import cached_repo, fetching_allowed, hub_repo, is_hub, missing_repo_message, repo_folder
+from neulig.models.hub import cached_repo, fetching_allowed, missing_repo_message, repo_folder
 
 # neulig's dataset name -> FusionBench's task name on the hub, where the two differ
 HUB_TASKS = {"cars": "stanford-cars"}

@@ -14,8 +14,8 @@ from neulig.config.model import SHIPPED_PRETRAINING, ModelConfig
 
 def missing_model_files(model: ModelConfig, weights_dir: str | Path, datasets: list[str]) -> list[str]:
     """One line per weights file, expert or base of ``model`` that is absent and cannot be fetched."""
+    from neulig.config.hub_names import is_hub
     from neulig.models.experts import preflight_message
-    from neulig.models.hub import is_hub
     from neulig.models.hub_experts import missing_messages
 
     lines = []
@@ -34,7 +34,8 @@ def missing_model_files(model: ModelConfig, weights_dir: str | Path, datasets: l
 
 def missing_weights(model: ModelConfig, weights_dir: str | Path) -> list[str]:
     """The pretrained weights files the run needs and can neither find nor fetch."""
-    from neulig.models.hub import fetching_allowed, is_hub, why_not_fetched
+    from neulig.config.hub_names import is_hub
+    from neulig.models.hub import fetching_allowed, why_not_fetched
     from neulig.models.weights import missing_weights_message, weights_file, weights_source
 
     # base weights given: they may hold the whole CLIP, known only once read (a hub experts folder holds no base)

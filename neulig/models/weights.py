@@ -115,7 +115,7 @@ def check_weights(path: Path, arch: str, where: str) -> None:
 
     from neulig.errors import NeuligError, unreadable
     from neulig.merging.state_dict import first_mismatch
-    from neulig.stages.backbone import clip_layout
+    from neulig.models.backbone import clip_layout
 
     try:
         if path.suffix == ".safetensors":

@@ -6,13 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from neulig.config.model import SHIPPED_PRETRAINING, ModelConfig
 from neulig.errors import NeuligError
-from neulig.merging.state_dict import StateDict, under_prefix
-from neulig.models.backbone import create_quietly, quiet_open_clip
+from neulig.models.backbone import clip_layout, create_quietly, encoder_layout
 from neulig.stages.stage import CachedStage
 from neulig.utils.cache import config_hash
 from neulig.utils.log import log
@@ -38,21 +36,6 @@ class Backbone:
     def feature_dim(self) -> int:
         return int(self.clip.visual.output_dim)
 
-
-def clip_layout(arch: str) -> StateDict:
-    """The CLIP state dict of ``arch`` as meta tensors: keys, shapes and dtypes, built in milliseconds
-    without memory or initialisation (to check a checkpoint before anything runs)."""
-    from neulig.models.backbone import register_shipped_configs
-    from neulig.models.openclip import open_clip
-
-    register_shipped_configs()
-    with quiet_open_clip(), torch.device("meta"):
-        return open_clip.create_model(arch, device="meta").state_dict()
-
-
-def encoder_layout(arch: str) -> StateDict:
-    """The image encoder's part of :func:`clip_layout` (``visual.`` removed)."""
-    return under_prefix(clip_layout(arch), "visual.")
 
 
 def load_backbone(model: ModelConfig, weights_dir: str, cache_dir: Path, origin: str | None = None,

@@ -15,7 +15,8 @@ from neulig.config.trainer import TrainerConfig
 from neulig.data.base import LoadedDataset
 from neulig.errors import NeuligError
 from neulig.merging.state_dict import StateDict
-from neulig.stages.backbone import Backbone, encoder_layout
+from neulig.models.backbone import encoder_layout
+from neulig.stages.backbone import Backbone
 from neulig.stages.stage import CachedStage
 from neulig.utils.cache import config_hash
 from neulig.utils.log import log

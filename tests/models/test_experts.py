@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from neulig.errors import NeuligError
+from neulig.models.backbone import encoder_layout
 from neulig.models.expert_sources import read_visual
 from neulig.models.experts import expert_files, missing_file_message
-from neulig.stages.backbone import encoder_layout
 
 ARCH = "neulig-tiny"
 

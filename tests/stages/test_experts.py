@@ -18,7 +18,7 @@ def test_precision_and_device_are_in_the_key_speed_knobs_are_not(tmp_path, monke
     backbone = load_backbone(model, str(tmp_path), tmp_path)
     trained = []
 
-    def fake_finetune(backbone, dataset, head, recipe, trainer, seed, callbacks):
+    def fake_finetune(backbone, dataset, head, recipe, trainer, seed, callbacks, eval_batch_size, scratch=None):
         trained.append(trainer.resolved_precision())
         return {k: v.clone() for k, v in backbone.visual.state_dict().items()}, {"dataset": dataset.name}
 
@@ -26,7 +26,8 @@ def test_precision_and_device_are_in_the_key_speed_knobs_are_not(tmp_path, monke
     dataset = SimpleNamespace(name="digits")
 
     def key(trainer: TrainerConfig, recipe=model.finetune) -> str:
-        return experts.finetune_expert(backbone, dataset, torch.zeros(1), {"d": 1}, recipe, trainer, 0, tmp_path, []).key
+        return experts.finetune_expert(backbone, dataset, torch.zeros(1), {"d": 1}, recipe, trainer, 0, tmp_path, [],
+                                       eval_batch_size=64).key
 
     cpu = key(TrainerConfig(accelerator="cpu", devices=1))
     assert key(TrainerConfig(accelerator="auto", devices=1, precision="auto")) == cpu  # the same run on a CPU
