@@ -26,8 +26,10 @@ FAST_RUN = [*TINY_OVERRIDES, "model.pretrained=null", "data.datasets=[digits,sha
 
 
 def assert_cache_clean(cache_dir: Path, allow_temp: bool = False) -> list[Path]:
-    """Assert that every entry ``<cache>/<stage>/<key>/`` has a meta.json that verifies; return the
-    leftover publish temp dirs (``<stage>/.<key>.<owner>.<random>.tmp``), which are never trusted.
+    """Assert that every entry ``<cache>/<stage>/<key>/`` has a meta.json that verifies and that no
+    entry lock is held by a running process; return the leftover publish temp dirs
+    (``<stage>/.<key>.<owner>.<random>.tmp``), which are never trusted (a dead owner's lock is ignored:
+    the next run takes it over).
 
     With ``allow_temp=False`` a leftover temp dir fails the assertion too. An absent cache is clean.
     """
@@ -42,6 +44,10 @@ def assert_cache_clean(cache_dir: Path, allow_temp: bool = False) -> list[Path]:
             bad.append(f"{stage}: a file where stage folders belong")
             continue
         for path in sorted(stage.iterdir()):
+            if path.name.startswith(".") and path.name.endswith(".lock"):  # neulig.utils.lock: a dead owner's is
+                if _held(path):                                            # taken over, a live one's is work
+                    bad.append(f"{path}: a lock held by a running process")  # in progress
+                continue
             if path.name.startswith(".") and path.name.endswith(".tmp"):
                 temps.append(path)
                 continue
@@ -55,6 +61,14 @@ def assert_cache_clean(cache_dir: Path, allow_temp: bool = False) -> list[Path]:
     assert not bad, "untrusted cache entries:\n" + "\n".join(bad)
     assert allow_temp or not temps, f"leftover temp dirs: {temps}"
     return temps
+
+
+def _held(lock: Path) -> bool:
+    from neulig.utils.cache import process_alive
+    from neulig.utils.lock import read_owner, this_host
+
+    owner = read_owner(lock)
+    return owner is not None and owner.host == this_host() and owner.pid >= 0 and process_alive(owner.pid)
 
 
 def compose(overrides: list[str], tmp_path: Path):
