@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from neulig.data.hub import HUB_REPOS, HubCopy, cached_copy, local_copy
-from neulig.models.hub import fetching_allowed, first_line, why_not_fetched
+from neulig.errors import first_line
+from neulig.models.hub import fetching_allowed, why_not_fetched
 
 
 @dataclass(frozen=True)

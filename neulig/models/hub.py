@@ -77,7 +77,7 @@ def missing_repo_message(repo_id: str, what: str, download: bool) -> str:
 def repo_folder(repo_id: str, what: str, download: bool) -> Path:
     """The local folder of hub repository ``repo_id``: the cached snapshot (no request), else fetched
     into the hub cache when allowed; one-line error naming the repository otherwise."""
-    from neulig.errors import NeuligError
+    from neulig.errors import NeuligError, first_line
     from neulig.utils.log import log
 
     cached = cached_repo(repo_id)
@@ -92,7 +92,3 @@ def repo_folder(repo_id: str, what: str, download: bool) -> Path:
         raise NeuligError(f"{what}: could not fetch hub repository {repo_id} ({first_line(err)}); check the name "
                           "and the connection, then run again (a partial download is resumed)") from err
 
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

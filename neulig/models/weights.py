@@ -77,8 +77,7 @@ def missing_weights_message(model_name: str, weights_dir: str | Path, arch: str,
 def fetch_weights(weights_dir: str | Path, arch: str, tag: str) -> Path:
     """Fetch ``arch``/``tag``'s weights from the hub, check them, and publish them under the name the
     lookup finds; returns that path. One-line error when the hub cannot deliver them."""
-    from neulig.errors import NeuligError
-    from neulig.models.hub import first_line
+    from neulig.errors import NeuligError, first_line
 
     source = weights_source(arch, tag)
     if source is None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from neulig.errors import first_line
 from neulig.report.tags import KINDS_TAG, SEED, options_of
 
 UNKNOWN = "?"
@@ -47,10 +48,6 @@ class RunRecord:
     def started(self) -> str:
         return dt.datetime.fromtimestamp(self.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 def sqlite_path(uri: str) -> Path | None:
