@@ -21,30 +21,24 @@ from neulig.utils.log import log, quiet_libraries
 def run_experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     """The whole experiment, its torch threads sized to its share of the cores (``threads``,
     ``neulig.utils.cores``): re-sized before each stage it computes and before its method runs."""
-    from neulig.utils.cores import sharing
-
-    with sharing(config.threads):
-        return experiment(config, callbacks)
-
-
-def experiment(config: Config, callbacks: tuple = ()) -> RunResult:
     from neulig.methods.combination import Context, run_method
     from neulig.methods.resolve import resolve
-    from neulig.utils.cores import resize
+    from neulig.utils.cores import resize, sharing
 
-    clock = Clock()
-    products = prepare(config, callbacks, clock)
-    resize()  # the runs that waited for this one's stages compute their methods now too
-    runner = resolve(config.merge.runner)
-    context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
-    groups = combinations(products.names, config.data.num_co_models)
-    many = resolve(config.merge.runner_many) if config.merge.runner_many and len(groups) > 1 else None
-    if many is not None and (reason := one_at_a_time(config)):
-        log.info(f"{config.merge.name}: {len(groups)} combinations one at a time ({reason})")
-        many = None
-    combos = tuple(run_method(runner, groups, products.combination, config.merge, context, many))
-    clock.lap("combination_done", f"{config.merge.name} done")
-    return RunResult(tuple(products.names), products.reference, combos, clock.timings(), products.base)
+    with sharing(config.threads):
+        clock = Clock()
+        products = prepare(config, callbacks, clock)
+        resize()  # the runs that waited for this one's stages compute their methods now too
+        runner = resolve(config.merge.runner)
+        context = Context(config.trainer, config.seed, config.ensemble.level, tuple(callbacks))
+        groups = combinations(products.names, config.data.num_co_models)
+        many = resolve(config.merge.runner_many) if config.merge.runner_many and len(groups) > 1 else None
+        if many is not None and (reason := one_at_a_time(config)):
+            log.info(f"{config.merge.name}: {len(groups)} combinations one at a time ({reason})")
+            many = None
+        combos = tuple(run_method(runner, groups, products.combination, config.merge, context, many))
+        clock.lap("combination_done", f"{config.merge.name} done")
+        return RunResult(tuple(products.names), products.reference, combos, clock.timings(), products.base)
 
 
 def one_at_a_time(config: Config) -> str | None:

@@ -72,7 +72,7 @@ def _finetune(scratch, callbacks=()):
     recipe = FinetuneConfig(epochs=2, batch_size=8, lr=1e-2, weight_decay=0.1, warmup_steps=3, grad_clip=1.0,
                             num_workers=0)
     state, _ = finetune(backbone, dataset, torch.randn(3, 6), recipe, TrainerConfig(accelerator="cpu", devices=1), 0,
-                        list(callbacks), scratch=scratch)
+                        list(callbacks), 16, scratch=scratch)
     return state
 
 
