@@ -154,7 +154,7 @@ def test_every_option_is_covered_here():
     options = {a.option_strings[-1] for a in parser()._actions if a.option_strings} - {"--help"}
     covered = {"--tracking-uri", "--experiment", "--filter", "--format", "--scatter", "--latest", "--all-statuses",
                "--granularities", "--over-seeds", "--decimals",
-               "--upload"}  # tests/integration/test_faults_tracking.py sends a kept record twice
+               "--upload"}  # tests/integration/test_faults.py sends a kept record twice
     assert options == covered, "a new option needs its test in tests/report/test_cli.py"
 
 
