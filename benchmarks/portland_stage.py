@@ -73,18 +73,22 @@ def main(argv: list[str] | None = None) -> dict:
              "--eval-every", str(args.eval_every), "--in-process"]
     if args.threads:
         shape += ["--threads", str(args.threads)]
-    walls = []
-    for epochs in measure:
+    def timed(epochs: int) -> float:
         start = time.perf_counter()
         study.main([*shape, "--epochs", str(epochs), "--full-epochs", str(epochs)])
-        walls.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    walls = [timed(e) for e in measure]  # the first run also pays what is done once (features made, imports)
     if len(measure) == 1:
         per_epoch = fixed = float("nan")
         seconds = walls[0]
     else:
-        # a difference below the timing noise (tiny sizes) would extrapolate to less than was run: 0 then
-        per_epoch = max(0.0, (walls[1] - walls[0]) / (measure[1] - measure[0]))
-        fixed = walls[0] - per_epoch * measure[0]
+        warm = timed(measure[0])  # A again, with what is done once already done: the line's origin
+        if walls[1] <= warm:  # the per-epoch time is below the timing noise: no line to extrapolate along
+            raise SystemExit(f"portland_stage: {measure[1]} epochs took {walls[1]:.1f} s, no longer than {measure[0]} "
+                             f"({warm:.1f} s): measure with a larger B (--measure {measure[0]} {4 * measure[1]})")
+        per_epoch = (walls[1] - warm) / (measure[1] - measure[0])
+        fixed = walls[0] - per_epoch * measure[0]  # the cold run less its epochs
         seconds = fixed + per_epoch * args.epochs
     paper = study.paper7(args.scale, args.views, args.dim, 128, 1, args.eval_every, 0)
     rows = sum(paper.train_rows(d) for d in paper.names[:5])
