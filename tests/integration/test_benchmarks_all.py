@@ -69,7 +69,7 @@ def test_smoke_writes_every_row_and_column(tmp_path, capsys):
     assert out["markdown"].name.startswith(out["json"].stem) and "-cpu-smoke-" in out["json"].name
     by_name = check_table(bench, out, ran)
     assert by_name["study_scale"]["status"].startswith("extrapolated")  # 120 x 200 epochs from 6 x 2
-    assert by_name["portland_stage"]["status"].startswith("measured")  # smoke: 2 epochs run (an epoch there is below timing noise)
+    assert by_name["portland_stage"]["status"].startswith("measured")  # smoke: 2 epochs (an epoch is below the noise)
     assert by_name["merge_inference"]["ratio"] > 0
     assert "written:" in capsys.readouterr().out
 
