@@ -66,12 +66,12 @@ def build_combo(config):
     return products.combination(tuple(products.names))
 
 
-def statistic(combo, merge) -> torch.Tensor:
+def statistic(combo, merge, config) -> torch.Tensor:
     """What the regulariser reads of the combination's experts (as the runner computes it)."""
     from neulig.portland.loss import regularizer
     from neulig.portland.runner import combo_inputs
 
-    return regularizer(merge.regularizer).statistic(combo_inputs([combo], merge.offsets_over)[0].stats).float()
+    return regularizer(merge.regularizer).statistic(combo_inputs([combo], merge, config.seed)[0].stats).float()
 
 
 def run_trainer(combos: list, config, epochs: int) -> dict:
@@ -83,7 +83,7 @@ def run_trainer(combos: list, config, epochs: int) -> dict:
 
     merge = dataclasses.replace(config.merge, global_epochs=epochs)
     start = time.perf_counter()
-    inputs = combo_inputs(combos, merge.offsets_over)
+    inputs = combo_inputs(combos, merge, config.seed)
     clock = C.epoch_clock()
     fits = fit(inputs, sources_of(combos, "train"), sources_of(combos, "val"), merge, config.seed,
                config.ensemble.level, config.trainer, [clock])
@@ -117,7 +117,7 @@ def run_plain(combos: list, config, epochs: int) -> dict:
     start, loop = time.perf_counter(), 0.0
     accs, steps = [], 0
     for combo in combos:
-        names, stat = combo.names, statistic(combo, merge).to(device)
+        names, stat = combo.names, statistic(combo, merge, config).to(device)
         train = [(combo.features[d].train.to(device), combo.labels(d, "train").to(device)) for d in names]
         val = [(combo.features[d].val.to(device), combo.labels(d, "val")) for d in names]
         heads = [combo.heads[d].to(device) for d in names]
@@ -168,7 +168,7 @@ def run_reference(combo, config, epochs: int) -> dict:
     merge, seed, device = config.merge, config.seed, combo.device
     batch_size, eval_every = merge.batch_size, merge.eval_every
     start = time.perf_counter()
-    stat = statistic(combo, merge).to(device)
+    stat = statistic(combo, merge, config).to(device)
     experts = []
     for state in combo.experts:
         encoder = copy.deepcopy(combo.visual).to(device).eval()

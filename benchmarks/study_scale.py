@@ -230,7 +230,7 @@ def run_sequential(study: Study, groups: list[tuple[str, ...]], device: torch.de
         combination = Combination(list(group), datasets, {d: u[d] * 100.0 for d in group}, {},
                                   [{"theta": thetas[e]} for e in group],
                                   {d: features.stacked(list(group), d) for d in group}, torch.nn.Identity(), device)
-        inputs = combo_inputs([combination], method.offsets_over)
+        inputs = combo_inputs([combination], method, study.seed)
         train, val = sources_of([combination], "train"), sources_of([combination], "val")  # the stacked copies
         stack_s, tick = time.perf_counter() - tick, time.perf_counter()
         clock = C.epoch_clock()

@@ -56,9 +56,12 @@ class StatisticsConfig:
     batch_size: int = positive(32)
 
 
+FISHER_MODES = ("empirical", "exact", "sampled")  # neulig.merging.fisher.estimate_fisher's
+
+
 @dataclass
 class FisherStatistics(StatisticsConfig):
-    mode: str = option(MISSING, choices=("empirical", "exact", "sampled"))
+    mode: str = option(MISSING, choices=FISHER_MODES)
 
 
 @dataclass
@@ -237,13 +240,23 @@ class EnsembleMerge(MergeConfig):
 
 
 @dataclass
+class PortlandFisher:
+    """The experts' diagonal Fishers that ``regularizer: fisher_variance`` measures offsets in, each
+    estimated on the expert's own train split (read by no other regulariser)."""
+
+    num_batches: int = positive()
+    batch_size: int = positive()
+    mode: str = option(MISSING, choices=FISHER_MODES)
+
+
+@dataclass
 class PortlandMerge(MergeConfig):
     """Neural Ligand (arXiv 2503.01268): Portland trained on cached expert features."""
 
     RENAMED = {"alignment": "loss", "eval_batch_size": "merged_batch_size"}  # earlier names: the error names the new key
 
     loss: str = option(MISSING, choices=("sup", "semi"))  # L_b: cross-entropy, or prediction entropy
-    regularizer: str = option(MISSING, choices=("reference", "exact", "variance"))  # L_a
+    regularizer: str = option(MISSING, choices=("reference", "exact", "variance", "fisher_variance"))  # L_a
     offsets_over: str = option(MISSING, choices=("all", "params"))
     scaling: float = positive()  # L_a weight = 1 / scaling
     lr: float = positive()
@@ -255,6 +268,7 @@ class PortlandMerge(MergeConfig):
     merged_batch_size: int = positive()  # test images per merge in acc/merged (one merge per batch): changes results
     batch_weights: str = option(MISSING, choices=("mean", "first"))
     eval_shuffle: bool = MISSING
+    fisher: PortlandFisher = field(default_factory=PortlandFisher)
 
     def train_views(self) -> Optional[Tuple[int, Tuple[float, float]]]:
         return (self.views, (self.view_scale[0], self.view_scale[1])) if self.views else None

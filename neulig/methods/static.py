@@ -8,14 +8,14 @@ mean *validation* accuracy of the merged model; the test split is never used for
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, is_dataclass
 
 import torch
 
-from neulig.config.merge import StaticMerge, StatisticsConfig
+from neulig.config.merge import StaticMerge
 from neulig.methods.combination import Combination, Context
 from neulig.methods.resolve import resolve
+from neulig.methods.statistics import estimate
 from neulig.results import ComboResult, MergedModel
 
 
@@ -23,30 +23,14 @@ def hyperparameters(method: StaticMerge) -> dict:
     return asdict(method.hparams) if is_dataclass(method.hparams) else dict(method.hparams)
 
 
-def estimate(combination: Combination, statistics: StatisticsConfig, seed: int) -> list:
-    """One statistic per expert, each on the expert's own train split."""
-    from neulig.data.loaders import loader
-
-    fn = resolve(statistics.fn)
-    options = {k: v for k, v in asdict(statistics).items() if k not in ("fn", "argument", "batch_size")}
-    encoder = copy.deepcopy(combination.visual).to(combination.device).eval()
-    out = []
-    for name, state in zip(combination.names, combination.experts):
-        encoder.load_state_dict(state)
-        batches = ((x.to(combination.device, non_blocking=True), y.to(combination.device, non_blocking=True))
-                   for x, y in loader(combination.datasets[name].train, statistics.batch_size, shuffle=True, seed=seed,
-                                      num_workers=combination.num_workers, device=combination.device))
-        stat = fn(encoder, combination.heads[name].to(combination.device), batches, seed=seed, **options)
-        out.append({k: v.cpu() for k, v in stat.items()})
-    return out
-
-
 def run(combination: Combination, method: StaticMerge, context: Context) -> ComboResult:
     """Merge with ``method.fn``, evaluate the merge (test and val) and its ensemble counterpart."""
     fn = resolve(method.fn)
     hparams = hyperparameters(method)
-    stats = {method.statistics.argument: estimate(combination, method.statistics, context.seed)} \
-        if method.statistics is not None else {}
+    stats = {}
+    if (config := method.statistics) is not None:
+        options = {k: v for k, v in asdict(config).items() if k not in ("fn", "argument", "batch_size")}
+        stats[config.argument] = estimate(combination, resolve(config.fn), options, config.batch_size, context.seed)
     details: dict = {}
     best = None  # (merged, its val accuracies) at the selected value: the grid's winner is not merged again
     for name, values in (method.grid or {}).items():  # one hyperparameter (checked by the schema)

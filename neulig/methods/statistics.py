@@ -1,13 +1,38 @@
-"""Per-expert statistics that data-dependent static merges need, behind one signature:
-``fn(encoder, head, batches, *, seed, **options) -> state dict`` (a method's yaml names it as
-``statistics.fn`` and the merge keyword that receives one per expert as ``statistics.argument``)."""
+"""Per-expert statistics that data-dependent merges need, behind one signature:
+``fn(encoder, head, batches, *, seed, **options) -> state dict`` (a static method's yaml names it as
+``statistics.fn`` and the merge keyword that receives one per expert as ``statistics.argument``;
+Portland's ``fisher_variance`` reads :func:`fisher`), and :func:`estimate`, which runs one on each expert."""
 from __future__ import annotations
 
-from typing import Iterable
+import copy
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from torch import Tensor, nn
 
 from neulig.merging.state_dict import StateDict
+
+if TYPE_CHECKING:
+    from neulig.methods.combination import Combination
+
+
+def estimate(combination: Combination, fn: Callable[..., StateDict], options: dict, batch_size: int, seed: int,
+             indices: Sequence[int] | None = None) -> list[StateDict]:
+    """``fn(encoder, head, batches, seed=seed, **options)`` of each expert (``indices``: these only, in that
+    order; default all) on its own dataset's train split in seeded batches of ``batch_size``, on the CPU."""
+    from neulig.data.loaders import loader
+
+    encoder = copy.deepcopy(combination.visual).to(combination.device).eval()
+    device = combination.device
+    out = []
+    for index in range(len(combination.experts)) if indices is None else indices:
+        name = combination.names[index]
+        encoder.load_state_dict(combination.experts[index])
+        batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                   for x, y in loader(combination.datasets[name].train, batch_size, shuffle=True, seed=seed,
+                                      num_workers=combination.num_workers, device=device))
+        stat = fn(encoder, combination.heads[name].to(device), batches, seed=seed, **options)
+        out.append({k: v.cpu() for k, v in stat.items()})
+    return out
 
 
 def fisher(encoder: nn.Module, head: Tensor, batches: Iterable, *, seed: int, num_batches: int,

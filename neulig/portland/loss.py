@@ -11,7 +11,9 @@ implementation for one combination and for many.
   the beta-weighted variance of the checkpoints, Var_beta(theta) = sum_t beta_t ||theta_t - theta_beta||^2
   = beta . diag(G) - beta^T G beta, the leading term of the merge-versus-ensemble gap under isotropic
   curvature (docs/neural_ligand.md §13), with the same normalisation (1 at uniform beta, 0 at a one-hot
-  beta). Adding a regulariser is one entry of :data:`REGULARIZERS`.
+  beta); ``fisher_variance``: the same variance in the metric of the experts' mean diagonal Fisher,
+  sum_t beta_t (theta_t - theta_beta)^T diag(Fbar) (theta_t - theta_beta), the term under a Fisher
+  stand-in for the curvature, normalised alike. Adding a regulariser is one entry of :data:`REGULARIZERS`.
 
 Terms are per sample ([A, B] for A combinations of B rows each), so that padding rows (a short last
 batch) weigh zero and data-parallel ranks can divide their sums by the global batch size.
@@ -32,10 +34,12 @@ from neulig.portland.statistics import OffsetStatistics
 @dataclass(frozen=True)
 class Regularizer:
     """L_a: ``statistic(stats)`` is what it reads of one combination's expert offsets (a tensor whose
-    first axis is not the combination's), ``term(beta [A, B, T], statistic [A, ...])`` its value per sample [A, B]."""
+    first axis is not the combination's), ``term(beta [A, B, T], statistic [A, ...])`` its value per sample [A, B];
+    ``reads_fisher``: the statistic needs the experts' diagonal Fishers (estimated by the runner)."""
 
     statistic: Callable[[OffsetStatistics], Tensor]
     term: Callable[[Tensor, Tensor], Tensor]
+    reads_fisher: bool = False
 
 
 def normalized_gram(gram: Tensor) -> Tensor:
@@ -60,6 +64,8 @@ REGULARIZERS: dict[str, Regularizer] = {
                              lambda beta, eps: torch.bmm(beta, eps.unsqueeze(-1)).squeeze(-1) ** 2),
     "exact": Regularizer(lambda stats: normalized_gram(stats.gram), quadratic_form),
     "variance": Regularizer(lambda stats: normalized_gram(stats.gram), beta_variance),
+    "fisher_variance": Regularizer(lambda stats: normalized_gram(stats.require_fisher_gram()), beta_variance,
+                                   reads_fisher=True),
 }
 
 

@@ -11,6 +11,7 @@ from neulig.config.merge import PortlandMerge
 from neulig.methods.combination import Combination, Context
 from neulig.portland.evaluation import Fit, evaluate
 from neulig.portland.features import ComboSources, StackedSources
+from neulig.portland.loss import regularizer
 from neulig.portland.model import Portland
 from neulig.portland.statistics import offset_moments, offset_statistics
 from neulig.portland.training import ComboInputs, fit
@@ -41,15 +42,37 @@ def sources_of(combinations: list[Combination], split: str) -> ComboSources:
     return StackedSources([[pair(c, d) for d in c.names] for c in combinations])
 
 
-def combo_inputs(combinations: list[Combination], offsets_over: str) -> list[ComboInputs]:
+def fishers_of(combination: Combination, method: PortlandMerge, seed: int,
+               indices: list[int] | None = None) -> list[dict[str, Tensor]]:
+    """The diagonal Fisher of the combination's experts (``indices``: these only) on their own train splits
+    (``merge.fisher``)."""
+    from neulig.methods.statistics import estimate, fisher
+
+    options = {"num_batches": method.fisher.num_batches, "mode": method.fisher.mode}
+    return estimate(combination, fisher, options, method.fisher.batch_size, seed, indices)
+
+
+def expert_fishers(combinations: list[Combination], method: PortlandMerge, seed: int) -> dict[str, dict[str, Tensor]]:
+    """Each named expert's Fisher (:func:`fishers_of`), estimated once per run."""
+    fishers: dict[str, dict[str, Tensor]] = {}
+    for c in combinations:
+        if missing := [i for i, e in enumerate(c.expert_names) if e not in fishers]:
+            fishers.update(zip([c.expert_names[i] for i in missing], fishers_of(c, method, seed, missing)))
+    return fishers
+
+
+def combo_inputs(combinations: list[Combination], method: PortlandMerge, seed: int) -> list[ComboInputs]:
     """Each combination's datasets, heads and offset statistics, from one pass over the experts' weights
-    (``statistics.offset_moments``; experts named in ``expert_names``, else by position per combination)."""
+    (``statistics.offset_moments``; experts named in ``expert_names``, else by position per combination),
+    with the experts' Fishers when the regulariser reads them."""
+    over, with_fisher = method.offsets_over, regularizer(method.regularizer).reads_fisher
     if all(c.expert_names for c in combinations):
         experts = {e: s for c in combinations for e, s in zip(c.expert_names, c.experts)}
-        moments = offset_moments(experts, offsets_over)
+        moments = offset_moments(experts, over, fishers=expert_fishers(combinations, method, seed) if with_fisher else None)
         stats = [moments.of(c.expert_names) for c in combinations]
     else:
-        stats = [offset_statistics(c.experts, offsets_over) for c in combinations]
+        stats = [offset_statistics(c.experts, over, fishers_of(c, method, seed) if with_fisher else None)
+                 for c in combinations]
     return [ComboInputs(tuple(c.names), tuple(c.heads[d] for d in c.names), s) for c, s in zip(combinations, stats)]
 
 
@@ -62,7 +85,7 @@ def run_many(combinations: list[Combination], method: PortlandMerge, context: Co
     """Every combination trained at once by the one trainer (``training.fit``: each keeps its own
     parameters, optimiser state, initialisation and seeded batch order, so each equals training it
     alone), then each evaluated on its test splits."""
-    inputs = combo_inputs(combinations, method.offsets_over)
+    inputs = combo_inputs(combinations, method, context.seed)
     fits = fit(inputs, sources_of(combinations, "train"), sources_of(combinations, "val"), method, context.seed,
                context.level, context.trainer, context.callbacks)
     results = []

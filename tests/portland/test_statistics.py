@@ -48,6 +48,32 @@ def test_every_combination_from_one_streamed_pass_equals_the_stacked_definition(
             assert_relative(stats.gram, gram)
 
 
+def fisher_gram_definition(states, fishers, over):
+    """G^F_uv = sum_p Fbar_p eps_u,p eps_v,p, Fbar the mean of the combination's Fishers (0 where they have no entry)."""
+    keys = entry_keys(states[0], over)
+    theta = torch.stack([torch.cat([s[k].double().flatten() for k in keys]) for s in states])
+    fbar = torch.stack([torch.cat([f[k].double().flatten() if k in f else torch.zeros(s[k].numel(), dtype=torch.float64)
+                                   for k in keys]) for f, s in zip(fishers, states)]).mean(0)
+    offsets = theta - theta.mean(0, keepdim=True)
+    return (offsets * fbar) @ offsets.t()
+
+
+@pytest.mark.parametrize("over", ["all", "params"])
+def test_every_combinations_fisher_gram_from_one_streamed_pass(over):
+    states = experts()
+    g = torch.Generator().manual_seed(5)
+    fishers = {e: {k: torch.rand(v.shape, generator=g) for k, v in s.items() if k != "b.bias" and v.is_floating_point()}
+               for e, s in states.items()}  # b.bias and the int buffer: no Fisher entry, weight 0
+    moments = offset_moments(states, over, chunk=97, fishers=fishers)
+    for k in (2, 3, 5):
+        for group in itertools.combinations(states, k):
+            expected = fisher_gram_definition([states[e] for e in group], [fishers[e] for e in group], over)
+            assert_relative(moments.of(group).fisher_gram, expected)
+    assert offset_moments(states, over).of(["e0", "e1"]).fisher_gram is None
+    with pytest.raises(ValueError, match="shape"):
+        offset_moments(states, over, fishers={e: {"a.weight": torch.ones(3)} for e in states})
+
+
 def test_order_of_the_combination_is_the_order_of_its_statistics():
     states = experts(3, seed=1)
     forward, backward = offset_moments(states, "all").of(["e0", "e2"]), offset_moments(states, "all").of(["e2", "e0"])

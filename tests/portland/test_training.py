@@ -40,7 +40,8 @@ def method(**changes) -> PortlandMerge:
 # ---- the loss of a batch of combinations -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss,rule", [("sup", "reference"), ("semi", "exact")])
+@pytest.mark.parametrize("loss,rule", [("sup", "reference"), ("semi", "exact"), ("sup", "variance"),
+                                       ("semi", "fisher_variance")])
 def test_batched_step_loss_is_each_combinations_portland_loss(loss, rule):
     """Three combinations whose heads have 3, 5 and 3 classes (two head groups), one with a short batch
     (4 real rows in 6)."""
@@ -50,8 +51,9 @@ def test_batched_step_loss_is_each_combinations_portland_loss(loss, rule):
     heads = [torch.randn(k, d, generator=g) for k in classes]
     z = torch.randn(3, b, t, d, generator=g)
     y = torch.stack([torch.randint(0, k, (b,), generator=g) for k in classes])
-    stats = [regularizer(rule).statistic(offset_statistics([{"w": r} for r in torch.randn(t, 7, generator=g)])).float()
-             for _ in range(3)]
+    stats = [regularizer(rule).statistic(offset_statistics([{"w": r} for r in torch.randn(t, 7, generator=g)],
+                                                           fishers=[{"w": r} for r in torch.rand(t, 7, generator=g)]))
+             .float() for _ in range(3)]
     portlands = [Portland(t, d) for _ in range(3)]
     weight = torch.stack([p.linear.weight.detach() for p in portlands])
     bias = torch.stack([p.linear.bias.detach() for p in portlands])
@@ -111,6 +113,12 @@ def synthetic(seed: int = 1) -> tuple[dict, dict, dict, dict]:
     return heads, labels, feats, theta
 
 
+def fishers(names) -> list[dict[str, Tensor]]:
+    """A diagonal "Fisher" of each dataset's expert, for ``fisher_variance`` (positive, seeded by the name)."""
+    return [{"w": torch.rand(30, generator=torch.Generator().manual_seed(sorted(SIZES).index(n))) + 0.1}
+            for n in names]
+
+
 def synthetic_inputs(groups, heads, labels, feats, theta, rounding: torch.dtype | None = None):
     """Each combination's inputs and stacked [N, T, d] train / val sets (features rounded to ``rounding``)."""
     def stack(group, n: str, i: int) -> Tensor:
@@ -119,7 +127,8 @@ def synthetic_inputs(groups, heads, labels, feats, theta, rounding: torch.dtype 
 
     combos, train, val = [], [], []
     for group in groups:
-        combos.append(ComboInputs(group, tuple(heads[n] for n in group), offset_statistics([theta[n] for n in group])))
+        stats = offset_statistics([theta[n] for n in group], fishers=fishers(group))
+        combos.append(ComboInputs(group, tuple(heads[n] for n in group), stats))
         train.append([(stack(group, n, 0), labels[n][0]) for n in group])
         val.append([(stack(group, n, 1), labels[n][1]) for n in group])
     return combos, train, val
@@ -191,7 +200,8 @@ def assert_same(expected, fit_result, tol: float = TOL) -> None:
         assert mine["train/loss"] == pytest.approx(theirs["train/loss"], abs=tol, nan_ok=True)
 
 
-@pytest.mark.parametrize("loss,rule,level", [("sup", "reference", "features"), ("semi", "exact", "logits")])
+@pytest.mark.parametrize("loss,rule,level", [("sup", "reference", "features"), ("semi", "exact", "logits"),
+                                             ("sup", "fisher_variance", "features")])
 def test_one_combination_is_the_plain_loop(loss, rule, level):
     """C = 1: the trainer equals the reference's loop on the same features, epoch selection at ``level``."""
     heads, labels, feats, theta = synthetic()
@@ -202,7 +212,7 @@ def test_one_combination_is_the_plain_loop(loss, rule, level):
     assert_same(plain_loop(combos[0], train[0], val[0], options, 3, level), result)
 
 
-@pytest.mark.parametrize("loss,rule", [("sup", "reference"), ("semi", "exact")])
+@pytest.mark.parametrize("loss,rule", [("sup", "reference"), ("semi", "exact"), ("sup", "fisher_variance")])
 def test_synthetic_combinations_trained_together_equal_alone(loss, rule):
     """All 6 pairs of 4 datasets of different sizes (rounds 2..5 per epoch, short last batches) and
     class counts, from stacked tensors and from a float32 store."""
