@@ -39,12 +39,12 @@ class Fit:
 
 @torch.no_grad()
 def merged_batch_accuracy(combination: Combination, flat: FlatStack, portland: nn.Module, name: str,
-                          method: PortlandMerge, seed: int, feats: Tensor | None = None) -> float:
+                          method: PortlandMerge, seed: int, feats: Tensor | None = None, split: str = "test") -> float:
     """The paper's protocol: one merged encoder per test batch from the batch's mean CoopVec
-    (``batch_weights: mean``) or its first sample's (``first``, the reference code). ``feats``: the
-    dataset's stacked test features when the caller holds them already."""
-    dataset = combination.datasets[name].test
-    feats = combination.features[name].test if feats is None else feats
+    (``batch_weights: mean``) or its first sample's (``first``, the reference code), on ``split``.
+    ``feats``: the dataset's stacked features of ``split`` when the caller holds them already."""
+    dataset = getattr(combination.datasets[name], split)
+    feats = getattr(combination.features[name], split) if feats is None else feats
     order = (torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
              if method.eval_shuffle else torch.arange(len(dataset)))
     visual = combination.visual.to(combination.device).eval()
@@ -83,14 +83,18 @@ def routing_diagnostics(betas: dict[str, Tensor], names: tuple[str, ...], gram: 
 def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerge, context: Context,
              fit: Fit | None = None, gram: Tensor | None = None) -> ComboResult:
     """Ensembled accuracy (per-sample beta) and the three merge granularities, with routing diagnostics
-    (:func:`routing_diagnostics`; ``gram``: the experts' offset Gram matrix, for the spread)."""
+    (:func:`routing_diagnostics`; ``gram``: the experts' offset Gram matrix, for the spread). The
+    validation split gets the ensemble and the reported merge too (``val_ensembled``, ``val_merged``),
+    so that options can be chosen on validation alone."""
     flat = FlatStack(combination.experts, device=combination.device)
     portland = portland.to(combination.device).eval()
     names = combination.names
-    acc: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task")}
+    acc: dict[str, dict[str, float]] = {k: {} for k in ("ensembled", "merged_batch", "merged_task", "val_ensembled",
+                                                         "val_merged")}
     own_argmax: dict[str, float] = {}
     test_betas: dict[str, Tensor] = {}
-    val_betas = {d: portland(combination.features[d].val.to(combination.device)).cpu() for d in names}
+    val_feats = {d: combination.features[d].val for d in names}  # one copy each (a StackedView copies per read)
+    val_betas = {d: portland(val_feats[d].to(combination.device)).cpu() for d in names}
     global_beta = torch.cat(list(val_betas.values())).mean(0)
     acc["merged_global"] = combination.merged_accuracy(flat.combine(global_beta.to(combination.device)), "test")
     for t, d in enumerate(names):
@@ -101,6 +105,10 @@ def evaluate(combination: Combination, portland: nn.Module, method: PortlandMerg
         task_state = flat.combine(val_betas[d].mean(0).to(combination.device))
         acc["merged_task"][d] = combination.merged_accuracy(task_state, "test", [d])[d]
         own_argmax[d] = 100.0 * float((beta.argmax(-1) == t).float().mean())
+        acc["val_ensembled"][d] = accuracy(ensemble_logits(val_feats[d], combination.heads[d], val_betas[d],
+                                                           context.level), combination.labels(d, "val"))
+        acc["val_merged"][d] = merged_batch_accuracy(combination, flat, portland, d, method, context.seed,
+                                                     val_feats[d], "val")
     acc["merged"] = dict(acc["merged_batch"])
     task_beta = {d: val_betas[d].mean(0).tolist() for d in names}  # merged_task's coefficients
     experts = tuple(combination.experts)

@@ -61,3 +61,6 @@ def test_a_portland_run_with_fisher_variance():
     result = run(combo, options, context())
     check_accuracies(result, combo)
     assert 0.0 <= result.diagnostics["beta/spread/avg"] <= 2.0
+    val = result.accuracy["val_ensembled"]  # the selected epoch's validation ensemble, re-measured
+    assert sum(val.values()) / len(val) == pytest.approx(result.details["best_val_ensembled"], abs=1e-6)
+    assert set(result.accuracy["val_merged"]) == set(combo.names)
