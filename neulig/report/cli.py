@@ -47,6 +47,7 @@ examples:
   python -m neulig.report                                   every finished run in outputs/mlflow.db
   python -m neulig.report --latest                          newest run per experiment and seed
   python -m neulig.report --over-seeds                      mean and spread of each experiment over seeds
+  python -m neulig.report --over-seeds --metrics beta/own_weight/avg   with a column of Portland's routing
   python -m neulig.report --experiment neulig-embedded-tiny --scatter outputs/scatter.png
   python -m neulig.report --filter "tags.backbone = 'tiny'" --format csv > table.csv
   python -m neulig.report --filter "params.merge.loss = 'semi'"
@@ -106,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
                    help="one row per experiment (runs whose options differ only in seed; the newest run of each seed): per "
                         "dataset the mean over seeds, for Avg mean ± sd, and a seeds column listing the seeds "
                         "the row averages (markdown only)")
+    p.add_argument("--metrics", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="add a column for each of these logged metrics (over seeds: mean ± sd), e.g. "
+                        "acc/val_merged/avg beta/own_weight/avg; '–' where a run did not log it")
     p.add_argument("--upload", metavar="RUN_DIR",
                    help="send a run's record that its MLflow store could not take (RUN_DIR/mlflow_record.json) "
                         "to that store, or to --tracking-uri; sending it twice creates nothing new")
@@ -141,13 +145,13 @@ def tables_text(args: argparse.Namespace) -> str:
     runs = selected_runs(args)
     decimals = 2 if args.decimals is None and args.format == "markdown" else args.decimals
     if args.over_seeds:
-        return render.markdown(tables.seed_tables(runs), decimals, over_seeds=True)
+        return render.markdown(tables.seed_tables(runs, tuple(args.metrics)), decimals, over_seeds=True)
     if args.scatter is not None:
         from neulig.plots import scatter_png
 
         names = sorted({f"{r.model}/{r.data}" for r in runs})
         scatter_png(render.scatter_points(runs), args.scatter, title=", ".join(names))
-    built = tables.run_tables(runs, args.granularities)
+    built = tables.run_tables(runs, args.granularities, tuple(args.metrics))
     return render.csv_text(built, decimals) if args.format == "csv" else render.markdown(built, decimals)
 
 

@@ -42,11 +42,13 @@ def markdown(tables: list[Table], decimals: int, over_seeds: bool = False) -> st
         methods = [r.label for r in table.rows if r.kind == "method"]
         show_run = not over_seeds and len(set(methods)) < len(methods)
         head = ["method", *(f"{d} Mer. / Ens. / Gap" for d in table.datasets), "Avg Mer. / Ens. / Gap"]
+        head += list(table.metrics)
         head += ["seeds"] if over_seeds else ["run"] if show_run else []
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in table.rows:
             line = [row.label, *(" / ".join(stat_text(s, decimals, over_seeds and d == "avg") for s in row.cells[d])
                                  for d in table.columns)]
+            line += [stat_text(s, decimals, over_seeds) for s in row.extra or [Stat(None)] * len(table.metrics)]
             if over_seeds:
                 line.append(",".join(row.seeds))
             elif show_run:
@@ -69,23 +71,26 @@ def csv_text(tables: list[Table], decimals: int | None) -> str:
     head = list(CSV_HEAD)
     for d in [*datasets, "Avg"]:
         head += [f"{d} Mer.", f"{d} Ens.", f"{d} Gap"]
+    metrics = list(dict.fromkeys(m for table in tables for m in table.metrics))
+    head += metrics
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(head)
     for table in tables:
         for row in table.rows:
-            writer.writerow(csv_line(table, row, datasets, decimals))
+            writer.writerow(csv_line(table, row, datasets, decimals, metrics))
     return buffer.getvalue()
 
 
-def csv_line(table: Table, row: Row, datasets: list[str], decimals: int | None) -> list[str]:
+def csv_line(table: Table, row: Row, datasets: list[str], decimals: int | None, metrics: list[str]) -> list[str]:
     run = row.runs[0]
     line = [run.model, run.data, row.label, row.kind, run.run_name, run.run_id, run.started, run.status,
             table.experiment, run.seed]
     for d in [*datasets, "avg"]:
         values = [s.mean for s in row.cells.get(d, ())]
         line += [fmt(v, decimals, "") for v in (values + [None, None, None])[:3]]
-    return line
+    extra = dict(zip(table.metrics, row.extra))
+    return line + [fmt(extra[m].mean if m in extra else None, decimals, "") for m in metrics]
 
 
 def scatter_points(runs: list[RunRecord]) -> list[dict]:

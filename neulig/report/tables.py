@@ -39,6 +39,7 @@ class Row:
     label: str
     runs: tuple[RunRecord, ...]       # the run of the row, or one per seed (seed tables)
     cells: Mapping[str, tuple[Stat, ...]]  # dataset|"avg" -> (Mer., Ens., Gap) for a method row, (acc,) otherwise
+    extra: tuple[Stat, ...] = ()      # the table's ``metrics``, in order (method rows; empty otherwise)
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -52,6 +53,7 @@ class Table:
     datasets: tuple[str, ...]
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # extra metric columns (``--metrics``), one metric each
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -116,6 +118,10 @@ def cells(runs: tuple[RunRecord, ...], columns: tuple[str, ...], kinds: tuple[st
     return {d: tuple(stat([r.metrics.get(f"{k}/{d}") for r in runs], over_seeds) for k in kinds) for d in columns}
 
 
+def extra_cells(runs: tuple[RunRecord, ...], metrics: tuple[str, ...], over_seeds: bool) -> tuple[Stat, ...]:
+    return tuple(stat([r.metrics.get(m) for r in runs], over_seeds) for m in metrics)
+
+
 def reference_rows(members: list[RunRecord], columns: tuple[str, ...], over_seeds: bool) -> tuple[list[Row], list[str]]:
     """Pre-trained and Fine-tuned: the newest run's values, or the mean over seeds (newest run per seed);
     a note when other runs of the table logged different values."""
@@ -146,25 +152,28 @@ def method_labels(groups: list[tuple[str, Mapping[str, str]]]) -> list[str]:
     return [label(m, o, keys[m]) for m, o in groups]
 
 
-def run_tables(runs: list[RunRecord], granularities: bool = False) -> list[Table]:
-    """One row per run (and, with ``granularities``, one per extra accuracy kind it measured)."""
+def run_tables(runs: list[RunRecord], granularities: bool = False, metrics: tuple[str, ...] = ()) -> list[Table]:
+    """One row per run (and, with ``granularities``, one per extra accuracy kind it measured); ``metrics``:
+    extra columns, each one logged metric of the row's run."""
     tables = []
     for (experiment, model, datasets), members in by_table(runs).items():
         columns = (*datasets, "avg")
         rows, notes = reference_rows(members, columns, over_seeds=False)
         labels = method_labels([(r.method, r.options) for r in members])
         for name, run in sorted(zip(labels, members), key=lambda p: (p[1].method, label_key(p[0]), -p[1].start_time)):
-            rows.append(Row("method", name, (run,), cells((run,), columns, TRIPLE, False)))
+            rows.append(Row("method", name, (run,), cells((run,), columns, TRIPLE, False),
+                            extra_cells((run,), metrics, False)))
             for kind, kind_label in run.kinds.items() if granularities else ():
                 if f"acc/{kind}/avg" in run.metrics:
                     rows.append(Row("granularity", f"{name}, {kind_label}", (run,),
                                     cells((run,), columns, (f"acc/{kind}",), False)))
-        tables.append(Table(experiment, model, datasets, tuple(rows), tuple(notes)))
+        tables.append(Table(experiment, model, datasets, tuple(rows), tuple(notes), metrics))
     return tables
 
 
-def seed_tables(runs: list[RunRecord]) -> list[Table]:
-    """One row per experiment group: means over its seeds (the newest run of each seed)."""
+def seed_tables(runs: list[RunRecord], metrics: tuple[str, ...] = ()) -> list[Table]:
+    """One row per experiment group: means over its seeds (the newest run of each seed); ``metrics``: extra
+    columns, each the mean and sd over the seeds of one logged metric."""
     tables = []
     for (experiment, model, datasets), members in by_table(runs).items():
         columns = (*datasets, "avg")
@@ -175,8 +184,8 @@ def seed_tables(runs: list[RunRecord]) -> list[Table]:
         rows, notes = reference_rows([r for g in chosen for r in g], columns, over_seeds=True)
         labels = method_labels([(g[0].method, without_seed(g[0].options)) for g in chosen])
         for name, group in sorted(zip(labels, chosen), key=lambda p: (p[1][0].method, label_key(p[0]))):
-            rows.append(Row("method", name, group, cells(group, columns, TRIPLE, True)))
-        tables.append(Table(experiment, model, datasets, tuple(rows), tuple(notes)))
+            rows.append(Row("method", name, group, cells(group, columns, TRIPLE, True), extra_cells(group, metrics, True)))
+        tables.append(Table(experiment, model, datasets, tuple(rows), tuple(notes), metrics))
     return tables
 
 
