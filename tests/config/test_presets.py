@@ -4,8 +4,8 @@ the command line still wins."""
 import pytest
 
 from neulig.config import load
-from tests.conftest import CONF, compose
 from tests.config.test_schema import preset_and_method
+from tests.conftest import CONF, compose
 
 
 def merge_of(tmp_path, *overrides: str):
