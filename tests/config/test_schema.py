@@ -11,14 +11,14 @@ from tests.conftest import CONF, compose
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra",))
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 SCHEMA_GROUPS = ("paths", "model", "data", "merge", "trainer", "logger", "align")  # every option selects its schema
-GLOBAL_GROUPS = ("experiment", "hparams_search")  # `# @package _global_`: their keys land in the groups above
+GLOBAL_GROUPS = ("experiment", "hparams_search", "preset")  # `# @package _global_`: their keys land in the groups above
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_into_the_typed_config(group, option, tmp_path):
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra neulig[optuna]")
-    prefix = "+" if group in GLOBAL_GROUPS else ""
+    prefix = "+" if group in ("experiment", "hparams_search") else ""  # not in the primary defaults list
     config = load(compose([f"{prefix}{group}={option}"], tmp_path))
     assert isinstance(config, Config)
     if group == "merge":
@@ -44,12 +44,21 @@ def test_every_key_of_every_yaml_is_declared_in_the_schema(group, option):
     if group in SCHEMA_GROUPS:
         schema = "/schema/merge/" if group == "merge" else f"/schema/{group}@_here_"
         assert any(str(d).startswith(schema) for d in text.get("defaults", [])), f"{group}/{option}.yaml names no schema"
-    root = "" if group in GLOBAL_GROUPS else f"{group}."
+    root = "" if group in GLOBAL_GROUPS else "merge." if group == "preset_merge" else f"{group}."
     from neulig.config.merge import SCHEMAS
 
+    method = option if group == "merge" else preset_and_method(option)[1] if group == "preset_merge" else None
     for key in yaml_keys(text):
-        node = _schema_node(root + key, option if group == "merge" else None, SCHEMAS)
+        node = _schema_node(root + key, method, SCHEMAS)
         assert node, f"{group}/{option}.yaml: key {root + key} is not declared in neulig/config"
+
+
+def preset_and_method(option: str) -> tuple[str, str]:
+    """A ``conf/preset_merge`` yaml's preset and method (``<preset>_<merge>``, both existing options)."""
+    for preset in sorted((p.stem for p in (CONF / "preset").glob("*.yaml")), key=len, reverse=True):
+        if option.startswith(preset + "_") and (CONF / "merge" / f"{option[len(preset) + 1:]}.yaml").exists():
+            return preset, option[len(preset) + 1:]
+    raise AssertionError(f"preset_merge/{option}.yaml is not <preset>_<merge> of an existing preset and method")
 
 
 def _schema_node(dotted: str, merge_option: str | None, schemas: dict) -> bool:
