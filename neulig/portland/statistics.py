@@ -89,10 +89,10 @@ def offset_moments(experts: Mapping[str, Mapping[str, Tensor]], over: str, chunk
         flats = [s[key].detach().reshape(-1) for s in states]
         weights = None if fishers is None else [fisher_entry(fishers[n], key, s[key]) for n, s in zip(names, states)]
         for start in range(0, flats[0].numel(), chunk):
-            x = torch.stack([f[start : start + chunk].to("cpu", torch.float64) for f in flats])
+            x = torch.stack([f[start : start + chunk] for f in flats]).to("cpu", torch.float64)
             x -= x.mean(0)
             sums += x.sum(1)
-            inner += x @ x.t()
+            inner.addmm_(x, x.t())
             for t, w in enumerate(weights or ()):
                 if w is not None:
                     fisher_inner[t] += (x * w[start : start + chunk].to("cpu", torch.float64)) @ x.t()

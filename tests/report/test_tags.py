@@ -17,7 +17,7 @@ def test_run_tags_are_identity_and_one_tag_per_distinguishing_option():
         "backbone": "tiny", "datasets": "digits,mnist5k,shapes,textures", "merge": "portland", "merge.kind": "trained"}
     options = {k[len(OPTION_PREFIX):]: v for k, v in tags.items() if k.startswith(OPTION_PREFIX)}
     for key, text in {"seed": "3", "align.method": "mudsc", "data.num_co_models": "2", "model.origins": "['0', '1']",
-                      "merge.views": "0", "merge.regularizer": "reference", "data.name": "embedded"}.items():
+                      "merge.views": "0", "merge.regularizer": "variance", "data.name": "embedded"}.items():  # the preset's
         assert options[key] == text == params[key], key
     # every option that can change a number, none that only says where the run wrote
     assert set(options) == {k for k in params if not k.startswith(
