@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
-export PYTHONWARNINGS ?= ignore::FutureWarning
 
 .PHONY: help venv run test test-full lint ui bench clean
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -105,7 +106,10 @@ def _vmap_sq_grads(wrapper: _Logits, params: dict[str, Tensor], buffers: dict[st
         logits = functional_call(wrapper, (p, buffers), (x.unsqueeze(0),))
         return torch.log_softmax(logits.float(), dim=-1)[0].gather(0, y.reshape(1)).squeeze(0)
 
-    grads = vmap(grad(log_prob), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, images, targets)
+    with warnings.catch_warnings():  # torch notes that vmap loops over CPU flash attention: same values, slower
+        warnings.filterwarnings("ignore", message=r"There is a performance drop because we have not yet implemented "
+                                                  r"the batching rule", category=UserWarning)
+        grads = vmap(grad(log_prob), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, images, targets)
     return {k: g.float() ** 2 for k, g in grads.items()}
 
 

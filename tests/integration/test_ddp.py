@@ -21,7 +21,7 @@ from tests.output_checks import bar_lines, warning_lines
 def run_cli(root: Path, *extra: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NEULIG_RUN_DIR", None)
-    env.pop("PYTHONWARNINGS", None)  # as a user runs it (the Makefile silences FutureWarning)
+    env.pop("PYTHONWARNINGS", None)  # as a user runs it, whatever the caller's warning filters
     args = [*TINY_OVERRIDES, *PORTLAND_TINY, "logger=none", f"paths.root_dir={root}", *extra]
     proc = subprocess.run([sys.executable, "-m", "neulig.run", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=600)

@@ -11,7 +11,7 @@ from tests.output_checks import warning_lines
 def test_joblib_sweep_two_methods_on_a_fresh_store_and_bad_jobs_fail_alone(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("NEULIG_RUN_DIR", None)
-    env.pop("PYTHONWARNINGS", None)  # as a user runs it (the Makefile silences FutureWarning)
+    env.pop("PYTHONWARNINGS", None)  # as a user runs it, whatever the caller's warning filters
     command = [sys.executable, "-m", "neulig.run", "-m", "hydra/launcher=joblib", "merge=average,task_arithmetic",
                "seed=0,abc", f"paths.root_dir={tmp_path}", *TINY_OVERRIDES]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
