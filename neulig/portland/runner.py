@@ -44,8 +44,9 @@ def sources_of(combinations: list[Combination], split: str) -> ComboSources:
 
 def fishers_of(combination: Combination, method: PortlandMerge, seed: int,
                indices: list[int] | None = None) -> list[dict[str, Tensor]]:
-    """The diagonal Fisher of the combination's experts (``indices``: these only) on their own train splits
-    (``merge.fisher``)."""
+    """The diagonal Fisher F = E_x[(d log p(y|x) / d theta)^2] (arXiv 2111.09832) of the combination's experts
+    (``indices``: these only), each on its own train split (``merge.fisher``): the metric of
+    ``regularizer=fisher_variance`` (docs/neural_ligand.md §13)."""
     from neulig.methods.statistics import estimate, fisher
 
     options = {"num_batches": method.fisher.num_batches, "mode": method.fisher.mode}
