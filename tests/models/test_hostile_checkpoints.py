@@ -22,6 +22,11 @@ from tests.models.conftest import ARCH, tiny_clip
 from tests.models.hostile_files import CASES, GIB, LOADS, Reduce
 from tests.models.test_pickled_checkpoints import _assert_same
 
+# building the quantized and nested cases makes torch announce those tensor kinds' deprecation: the files
+# are hostile on purpose, the announcement is not about neulig
+pytestmark = [pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning"),
+              pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")]
+
 TIMEOUT_S = 60  # far above any answer; a hang is what it catches
 HANG_S = 5  # how long the hang control waits for plain torch.load
 MEASURED: list[tuple[str, dict]] = []
