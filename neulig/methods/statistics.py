@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 def estimate(combination: Combination, fn: Callable[..., StateDict], options: dict, batch_size: int, seed: int,
              indices: Sequence[int] | None = None) -> list[StateDict]:
     """``fn(encoder, head, batches, seed=seed, **options)`` of each expert (``indices``: these only, in that
-    order; default all) on its own dataset's train split in seeded batches of ``batch_size``, on the CPU."""
+    order; default all) on its own dataset's train split in seeded batches of ``batch_size``, on the
+    combination's device; the results are moved to the CPU."""
     from neulig.data.loaders import loader
 
     encoder = copy.deepcopy(combination.visual).to(combination.device).eval()
